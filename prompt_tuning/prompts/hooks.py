@@ -1,0 +1,56 @@
+"""`PromptHook`: the input hook that inserts a provider's prompt into the embedded inputs.
+
+A model holds the hook in its `input_hook` field. The provider shares the hook's variable scope,
+so its parameters sit directly under the hook: a `Prompt` is `input_hook/prompt` ([P, H]) and a
+`PromptTable` is `input_hook/prompt_table` ([K, P, H]); an input-dependent generator's
+submodules appear as `input_hook/<submodule>/...`. Checkpoints and `.npy` exports therefore name
+a prompt the same way whatever combiner options are chosen.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+
+from prompt_tuning.prompts import base
+from prompt_tuning.prompts import combine
+
+
+class PromptHook(nn.Module):
+  """Calls `provider` for a `[B, P, H]` prompt and inserts it (see `combine.insert_prompt`).
+
+  Attributes:
+    provider: a module following `providers.PromptProvider` (Prompt, PromptTable, a generator).
+    placement: 'prefix', 'after_bos', 'suffix' or 'before_eos'.
+    prompt_attends_input: False keeps prompt queries from seeing input keys.
+    causal_prompt: True lets prompt slot r see only prompt slots <= r.
+  """
+
+  provider: nn.Module
+  placement: str = "prefix"
+  prompt_attends_input: bool = True
+  causal_prompt: bool = False
+
+  def __post_init__(self):
+    combine.check_placement(self.placement)
+    super().__post_init__()
+
+  def setup(self):
+    # Keep the provider's parameters at input_hook/<name> rather than input_hook/provider/<name>.
+    nn.share_scope(self, self.provider)
+
+  def __call__(
+      self,
+      inputs: base.EmbeddedInputs,
+      *,
+      hook_inputs: Optional[Mapping[str, Any]] = None,
+      enable_dropout: bool = False,
+  ) -> base.EmbeddedInputs:
+    prompt = self.provider(inputs, hook_inputs=hook_inputs, enable_dropout=enable_dropout)
+    return combine.insert_prompt(
+        inputs,
+        prompt,
+        placement=self.placement,
+        prompt_attends_input=self.prompt_attends_input,
+        causal_prompt=self.causal_prompt,
+    )

@@ -1,0 +1,60 @@
+"""Prompts as `.npy` files: a `[P, H]` float32 array, the layout published prompts use.
+
+A trained prompt is a few hundred kilobytes; saving it on its own lets it be shared, loaded into
+another run (`initializers.from_npy`) or analysed without the model checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def save_prompt_npy(path: str, prompt: Any) -> str:
+  """Writes `prompt` ([P, H], any float array) as float32 `.npy` and returns the path written.
+
+  The file is written beside its destination and renamed into place, so an interrupted save
+  never leaves a truncated prompt where a good one was.
+  """
+  path = os.fspath(path)
+  value = np.asarray(prompt)
+  if value.ndim != 2:
+    raise ValueError(
+        f"A prompt to save must be 2-D [prompt_length, embed], got shape {value.shape}.")
+  if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+    raise ValueError(f"A prompt to save must hold floats, got dtype {value.dtype}.")
+  value = value.astype(np.float32)
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"Cannot save the prompt to {path}: the folder {directory} does not exist.")
+  fd, tmp_path = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, value, allow_pickle=False)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+  return path
+
+
+def load_prompt_npy(path: str, expected_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Reads a `.npy` prompt as float32, checking its shape against `expected_shape` if given."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"The prompt file {path} does not exist.")
+  try:
+    value = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise ValueError(f"The prompt file {path} is not a readable .npy array ({e}).") from e
+  if value.ndim != 2:
+    raise ValueError(f"The prompt file {path} holds shape {value.shape}; a prompt is 2-D [P, H].")
+  if expected_shape is not None and tuple(value.shape) != tuple(expected_shape):
+    raise ValueError(
+        f"The prompt file {path} has shape {tuple(value.shape)} but {tuple(expected_shape)} was "
+        "expected.")
+  return value.astype(np.float32)
