@@ -1,0 +1,415 @@
+"""Model wrappers: the loss, scores and predictions a trainer and evaluator need from a module.
+
+A wrapper holds a flax module (`EncoderDecoder` or `DecoderOnly`) and the few settings that
+turn its logits into a training signal. It is plain Python, not a flax module: its methods are
+pure functions of `(params, batch, ...)` that a trainer jits; `decoder_params` and
+`max_decode_length` shape the compiled search, so bind them outside the jitted arguments
+(e.g. with `functools.partial`). `params` is the full parameter tree, frozen and trainable
+parts merged; the trainer decides what is differentiated.
+
+Batches are dicts of `[B, ...]` arrays with the feature converters' names:
+  encoder-decoder: `encoder_input_tokens [B, L]`, `decoder_input_tokens [B, T]`,
+                   `decoder_target_tokens [B, T]`, `decoder_loss_weights [B, T]`;
+  decoder-only:    `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`
+                   (`[B, T]`) and `decoder_causal_attention [B, T]`, 1 on the inputs part
+                   (start token included), which prediction uses as the prompt and which a
+                   prefix-LM also uses as its bidirectional prefix.
+Per-example side inputs for the input hook (e.g. `prompt_ids [B]` for a prompt table) are
+routed by name: every key of `hook_input_keys` present in the batch goes to `hook_inputs`.
+Packed batches (segment ids) are not supported.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from prompt_tuning.engine import decoding
+from prompt_tuning.models.decoder_only import init_decoder_only_cache
+from prompt_tuning.models.t5 import init_decoder_cache
+
+Batch = Mapping[str, jax.Array]
+PyTree = Any
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+_METHODS = ("greedy", "beam", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderParams:
+  """How `predict_batch` searches.
+
+  Attributes:
+    method: 'greedy', 'beam' (length-penalised beam search) or 'sample'.
+    num_decodes: beams for 'beam', samples per example for 'sample' (1 for 'greedy').
+    alpha: beam search length-penalty exponent, `((5 + |y|) / 6) ** alpha`.
+    temperature, topk, topp: sampling controls (see `decoding.temperature_sample`).
+  """
+
+  method: str = "greedy"
+  num_decodes: int = 1
+  alpha: float = 0.6
+  temperature: float = 1.0
+  topk: int = 0
+  topp: float = 0.0
+
+  def __post_init__(self):
+    if self.method not in _METHODS:
+      raise ValueError(f"decoder_params method must be one of {_METHODS}, got {self.method!r}.")
+    if self.method == "greedy" and self.num_decodes != 1:
+      raise ValueError(f"greedy decoding gives one decode, got num_decodes={self.num_decodes}.")
+
+  @classmethod
+  def create(cls, value: Union[None, "DecoderParams", Mapping[str, Any]]) -> "DecoderParams":
+    """Accepts None (greedy), a `DecoderParams` or a dict of its fields."""
+    if value is None:
+      return cls()
+    if isinstance(value, cls):
+      return value
+    unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"decoder_params has unknown keys {sorted(unknown)}; expected some of "
+                       f"{[f.name for f in dataclasses.fields(cls)]}.")
+    return cls(**value)
+
+
+def cross_entropy_with_z_loss(
+    logits: jax.Array, targets: jax.Array, *, label_smoothing: float, z_loss: float
+) -> Tuple[jax.Array, jax.Array]:
+  """Per-token loss `[B, T]` (z-loss included) and its z-loss part `[B, T]`.
+
+  With smoothing s the target distribution puts `1 - s` on the target and `s / (V - 1)` on
+  every other token; the entropy of that distribution is subtracted so a perfect prediction
+  scores 0. The z-loss `z_loss * logsumexp(logits) ** 2` keeps the softmax normaliser near 1,
+  which bfloat16 training needs. Computed in float32.
+  """
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+  log_probs = logits - log_z[..., None]
+  target_log_prob = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    confidence, other = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+    # sum_v q_v log p_v with q = other everywhere plus (confidence - other) on the target.
+    expected = other * jnp.sum(log_probs, axis=-1) + (confidence - other) * target_log_prob
+    entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * other * jnp.log(other + 1e-20))
+    loss = -expected - entropy
+  else:
+    loss = -target_log_prob
+  token_z_loss = z_loss * jnp.square(log_z)
+  return loss + token_z_loss, token_z_loss
+
+
+def _check_loss_normalizing_factor(value: Union[None, str, float]) -> None:
+  if value is None or value == NUM_REAL_TARGET_TOKENS:
+    return
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    return
+  raise ValueError(
+      f"loss_normalizing_factor must be None, '{NUM_REAL_TARGET_TOKENS}' or a positive number, "
+      f"got {value!r}.")
+
+
+def loss_normalizer(weights: jax.Array, loss_normalizing_factor: Union[None, str, float]):
+  """What the summed token loss is divided by: a constant, or the count of weighted tokens."""
+  _check_loss_normalizing_factor(loss_normalizing_factor)
+  if loss_normalizing_factor is None or loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
+    return jnp.maximum(jnp.sum(weights > 0), 1).astype(jnp.float32)
+  return jnp.asarray(loss_normalizing_factor, jnp.float32)
+
+
+def weighted_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, *, label_smoothing: float,
+    z_loss: float, loss_normalizing_factor: Union[None, str, float]
+) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """The training loss of `[B, S, V]` logits against `[B, S]` targets and weights.
+
+  Returns the summed weighted token loss (z-loss included) divided by `loss_normalizer`, and
+  scalar metrics: `loss` (what is minimised), `cross_ent_loss` (the loss without z-loss),
+  `z_loss` (divided like the loss), `accuracy` (argmax hits over tokens with positive weight)
+  and `num_tokens` (tokens with positive weight).
+  """
+  weights = weights.astype(jnp.float32)
+  token_loss, token_z_loss = cross_entropy_with_z_loss(
+      logits, targets, label_smoothing=label_smoothing, z_loss=z_loss)
+  normalizer = loss_normalizer(weights, loss_normalizing_factor)
+  loss = jnp.sum(token_loss * weights) / normalizer
+  z_part = jnp.sum(token_z_loss * weights) / normalizer
+  real = weights > 0
+  num_tokens = jnp.sum(real)
+  hits = jnp.sum((jnp.argmax(logits, axis=-1) == targets) & real)
+  metrics = {
+      "loss": loss,
+      "cross_ent_loss": loss - z_part,
+      "z_loss": z_part,
+      "accuracy": hits / jnp.maximum(num_tokens, 1),
+      "num_tokens": num_tokens,
+  }
+  return loss, metrics
+
+
+class BaseModel:
+  """Loss, scoring and rank classification shared by both wrappers.
+
+  Subclasses provide `_logits(params, batch, *, dropout_rng) -> (logits [B, S, V], targets
+  [B, S], weights [B, S])`, the teacher-forced logits with targets and weights aligned to them,
+  and `_search(...)` for prediction.
+  """
+
+  def __init__(self, module, *, label_smoothing: float = 0.0, z_loss: float = 1e-4,
+               loss_normalizing_factor: Union[None, str, float] = None,
+               hook_input_keys: Sequence[str] = ("prompt_ids",), eos_id: int = 1):
+    """Args:
+      module: the flax model (its `config.vocab_size` is the output size).
+      label_smoothing: mass in [0, 1) spread over the non-target tokens.
+      z_loss: coefficient of `logsumexp(logits) ** 2` added to each token's loss.
+      loss_normalizing_factor: the summed weighted token loss is divided by this constant
+        when it is a number; None or 'NUM_REAL_TARGET_TOKENS' divides by the number of
+        target tokens whose loss weight is positive.
+      hook_input_keys: batch keys passed to the input hook as `hook_inputs`.
+      eos_id: the token that ends a decode.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
+    _check_loss_normalizing_factor(loss_normalizing_factor)
+    self.module = module
+    self.label_smoothing = label_smoothing
+    self.z_loss = z_loss
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.hook_input_keys = tuple(hook_input_keys)
+    self.eos_id = eos_id
+
+  @property
+  def vocab_size(self) -> int:
+    return self.module.config.vocab_size
+
+  def _hook_inputs(self, batch: Batch) -> Optional[Dict[str, jax.Array]]:
+    routed = {key: batch[key] for key in self.hook_input_keys if key in batch}
+    return routed or None
+
+  @staticmethod
+  def _require(batch: Batch, *keys: str) -> None:
+    missing = [key for key in keys if key not in batch]
+    if missing:
+      raise ValueError(f"The batch lacks {missing}; it has {sorted(batch)}.")
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Scalar training loss and metrics (see `weighted_loss`); dropout is on exactly when
+    `dropout_rng` is given."""
+    logits, targets, weights = self._logits(params, batch, dropout_rng=dropout_rng)
+    return weighted_loss(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+        loss_normalizing_factor=self.loss_normalizing_factor)
+
+  def score_batch(self, params: PyTree, batch: Batch) -> jax.Array:
+    """`[B]` sum over target tokens of `log p(target) * decoder_loss_weights` (no dropout)."""
+    logits, targets, weights = self._logits(params, batch, dropout_rng=None)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(token_scores * weights, axis=-1)
+
+  def rank_classification(self, params: PyTree, batch: Batch, *, num_examples: int,
+                          index_key: str = "idx") -> Tuple[jax.Array, jax.Array]:
+    """Picks, for each example, the answer choice the model scores highest.
+
+    The batch is flattened (example, choice) pairs, as seqio's rank classification writes
+    them: `batch[index_key]` is `[N, 2]` int (example index, choice index), and each row's
+    targets hold that choice. Rows with no positive loss weight (batch padding) are ignored.
+
+    Returns:
+      `[num_examples]` int32 winning choice index (the lowest on ties, -1 for an example
+      without rows) and the `[N]` row scores from `score_batch`.
+    """
+    index = batch[index_key]
+    if index.ndim != 2 or index.shape[1] != 2:
+      raise ValueError(f"batch['{index_key}'] must be [N, 2] (example, choice), got "
+                       f"shape {index.shape}.")
+    scores = self.score_batch(params, batch)
+    example, choice = index[:, 0], index[:, 1].astype(jnp.int32)
+    real = jnp.any(batch["decoder_loss_weights"] > 0, axis=-1)
+    masked = jnp.where(real, scores, -jnp.inf)
+    best = jax.ops.segment_max(masked, example, num_segments=num_examples)
+    is_best = real & (masked == best[example])
+    unset = jnp.iinfo(jnp.int32).max
+    winner = jax.ops.segment_min(jnp.where(is_best, choice, unset), example,
+                                 num_segments=num_examples)
+    return jnp.where(winner == unset, -1, winner).astype(jnp.int32), scores
+
+  def predict_batch(self, params: PyTree, batch: Batch, *,
+                    decoder_params: Union[None, DecoderParams, Mapping[str, Any]] = None,
+                    rng: Optional[jax.Array] = None,
+                    max_decode_length: Optional[int] = None) -> jax.Array:
+    """`[B, max_decode_length]` int32 best decode (0 after EOS); see `predict_batch_with_scores`."""
+    decodes, _ = self.predict_batch_with_scores(
+        params, batch, decoder_params=decoder_params, rng=rng,
+        max_decode_length=max_decode_length)
+    return decodes[:, 0]
+
+  def predict_batch_with_scores(
+      self, params: PyTree, batch: Batch, *,
+      decoder_params: Union[None, DecoderParams, Mapping[str, Any]] = None,
+      rng: Optional[jax.Array] = None,
+      max_decode_length: Optional[int] = None) -> Tuple[jax.Array, jax.Array]:
+    """All decodes `[B, N, max_decode_length]` best first, and their scores `[B, N]`.
+
+    Scores are length-penalised log-probabilities for beam search and summed token
+    log-probabilities (before temperature and filtering) for greedy and sampling.
+    `max_decode_length` defaults to the batch's `decoder_input_tokens` length.
+    """
+    decoder_params = DecoderParams.create(decoder_params)
+    if max_decode_length is None:
+      self._require(batch, "decoder_input_tokens")
+      max_decode_length = batch["decoder_input_tokens"].shape[1]
+    if decoder_params.method == "sample" and rng is None:
+      raise ValueError("predict_batch with method='sample' needs an rng.")
+    return self._search(params, batch, decoder_params, rng, max_decode_length)
+
+  def _run_search(self, inputs, cache, tokens_to_logits, decoder_params, rng):
+    """Dispatches to the search; returns decodes `[B, N, L]` sorted best first and scores."""
+    if decoder_params.method == "beam":
+      return decoding.beam_search(
+          inputs, cache, tokens_to_logits, eos_id=self.eos_id,
+          num_decodes=decoder_params.num_decodes, alpha=decoder_params.alpha)
+    greedy = decoder_params.method == "greedy"
+    decodes, log_probs = decoding.temperature_sample(
+        inputs, cache, tokens_to_logits, eos_id=self.eos_id, rng=rng,
+        num_decodes=decoder_params.num_decodes,
+        temperature=0.0 if greedy else decoder_params.temperature,
+        topk=decoder_params.topk, topp=decoder_params.topp)
+    order = jnp.argsort(-log_probs, axis=1)
+    return (jnp.take_along_axis(decodes, order[:, :, None], axis=1),
+            jnp.take_along_axis(log_probs, order, axis=1))
+
+  def _dropout_kwargs(self, dropout_rng):
+    if dropout_rng is None:
+      return {"enable_dropout": False}
+    return {"enable_dropout": True, "rngs": {"dropout": dropout_rng}}
+
+
+class EncoderDecoderModel(BaseModel):
+  """Wraps an `EncoderDecoder`: the input hook applies to the encoder input."""
+
+  def get_initial_variables(self, rng: jax.Array, *, batch_size: int, encoder_length: int,
+                            decoder_length: int) -> PyTree:
+    """The module's variables (boxed with their logical axes) for these shapes."""
+    enc = jnp.ones((batch_size, encoder_length), jnp.int32)
+    dec = jnp.ones((batch_size, decoder_length), jnp.int32)
+    hook_inputs = {key: jnp.zeros((batch_size,), jnp.int32) for key in self.hook_input_keys}
+    return self.module.init(rng, enc, dec, hook_inputs=hook_inputs or None)
+
+  def _logits(self, params, batch, *, dropout_rng):
+    self._require(batch, "encoder_input_tokens", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights")
+    logits = self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
+    return logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+
+  def _search(self, params, batch, decoder_params, rng, length):
+    """Encodes once, caches the decoder, and searches from the start token 0."""
+    self._require(batch, "encoder_input_tokens")
+    encoded, mask = self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"],
+        hook_inputs=self._hook_inputs(batch), method="encode")
+    cache = init_decoder_cache(self.module, params, encoded, mask, length)
+    # Rows of the search are example-major copies: b * N + n (see `decoding.repeat_batch`).
+    copies = decoder_params.num_decodes
+    encoded, mask = decoding.repeat_batch((encoded, mask), copies)
+
+    def tokens_to_logits(state: decoding.DecodingState):
+      logits, variables = self.module.apply(
+          {"params": params, "cache": state.cache}, encoded, mask, state.cur_token,
+          decode=True, method="decode", mutable=["cache"])
+      return logits[:, 0], variables["cache"]
+
+    inputs = jnp.zeros((batch["encoder_input_tokens"].shape[0], length), jnp.int32)
+    return self._run_search(inputs, cache, tokens_to_logits, decoder_params, rng)
+
+
+class DecoderOnlyModel(BaseModel):
+  """Wraps a `DecoderOnly` LM (causal, or prefix-LM with `inputs_bidirectional_attention`).
+
+  When the hook inserts prompt slots, the module's output is longer than the batch; each
+  slot's `input_index` says which input position it holds (-1 for prompt slots), and the
+  loss reads targets and weights through it, so prompt slots carry no loss.
+  """
+
+  def __init__(self, module, *, inputs_bidirectional_attention: bool = False, **kwargs):
+    """`inputs_bidirectional_attention`: pass `decoder_causal_attention` to the module as the
+    bidirectional prefix (prefix-LM); otherwise it only marks the prompt for prediction.
+    Other arguments as `BaseModel`."""
+    super().__init__(module, **kwargs)
+    self.inputs_bidirectional_attention = inputs_bidirectional_attention
+
+  def get_initial_variables(self, rng: jax.Array, *, batch_size: int,
+                            decoder_length: int) -> PyTree:
+    """The module's variables (boxed with their logical axes) for these shapes."""
+    tokens = jnp.ones((batch_size, decoder_length), jnp.int32)
+    hook_inputs = {key: jnp.zeros((batch_size,), jnp.int32) for key in self.hook_input_keys}
+    return self.module.init(rng, tokens, hook_inputs=hook_inputs or None)
+
+  def _prefix(self, batch):
+    if self.inputs_bidirectional_attention:
+      self._require(batch, "decoder_causal_attention")
+      return batch["decoder_causal_attention"]
+    return None
+
+  def _logits(self, params, batch, *, dropout_rng):
+    self._require(batch, "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    out = self.module.apply(
+        {"params": params}, batch["decoder_input_tokens"],
+        decoder_mask=(targets > 0).astype(jnp.int32),
+        decoder_causal_attention=self._prefix(batch),
+        hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
+    # [B, T] targets -> [B, T'] slots of the (possibly prompted) sequence.
+    index = out.inputs.input_index
+    inserted = index < 0
+    gather = lambda x: jnp.take_along_axis(x, jnp.maximum(index, 0), axis=1)
+    return (out.logits, jnp.where(inserted, 0, gather(targets)),
+            jnp.where(inserted, 0, gather(weights)))
+
+  def _search(self, params, batch, decoder_params, rng, length):
+    """Prefills the prompt (the causal-attention part) and continues for `length` tokens.
+
+    The prefill runs the hook and returns the logits for the first new token at each
+    example's last real slot; the search's first step reads those instead of calling the
+    model, so every later step feeds one generated token.
+    """
+    self._require(batch, "decoder_input_tokens", "decoder_causal_attention")
+    prompt_mask = batch["decoder_causal_attention"].astype(jnp.int32)
+    tokens = batch["decoder_input_tokens"] * prompt_mask
+    apply_kwargs = dict(decoder_mask=prompt_mask, decoder_causal_attention=self._prefix(batch),
+                        hook_inputs=self._hook_inputs(batch))
+    batch_size = tokens.shape[0]
+    # The cache must also hold the slots the hook inserts: learn their number from shapes.
+    prompted = jax.eval_shape(
+        lambda p, t, kwargs: self.module.apply({"params": p}, t, **kwargs).logits,
+        params, tokens, apply_kwargs)
+    cache = init_decoder_only_cache(self.module, params, batch_size, prompted.shape[1] + length)
+    out, variables = self.module.apply(
+        {"params": params, "cache": cache}, tokens, decode=True, prefill=True,
+        mutable=["cache"], **apply_kwargs)
+    slots = out.inputs.mask.shape[1]
+    last_real = slots - 1 - jnp.argmax(out.inputs.mask[:, ::-1] > 0, axis=1)
+    first_logits = jnp.take_along_axis(out.logits, last_real[:, None, None], axis=1)[:, 0]
+
+    def tokens_to_logits(state: decoding.DecodingState):
+      def prefilled(_):
+        return state.cache["first_logits"], state.cache["model"]
+
+      def step(_):
+        out, variables = self.module.apply(
+            {"params": params, "cache": state.cache["model"]}, state.cur_token, decode=True,
+            mutable=["cache"])
+        return out.logits[:, 0], variables["cache"]
+
+      logits, model_cache = lax.cond(state.cur_index == 0, prefilled, step, None)
+      return logits, {"model": model_cache, "first_logits": state.cache["first_logits"]}
+
+    search_cache = {"model": variables["cache"], "first_logits": first_logits}
+    inputs = jnp.zeros((batch_size, length), jnp.int32)
+    return self._run_search(inputs, search_cache, tokens_to_logits, decoder_params, rng)
