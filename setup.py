@@ -26,6 +26,7 @@ CORE = [
     "sentencepiece==0.2.3",
     "sacrebleu==2.6.0",
     "rouge-score==0.1.2",
+    "scipy",
     "msgpack",
     "safetensors",
 ]
