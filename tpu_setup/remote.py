@@ -106,6 +106,8 @@ def launcher_script(spec: LaunchSpec) -> str:
       worker_id_line(required=True),
       'LOG="$RUN_DIR/worker-$WORKER_ID.log"',
       'rm -f "$RUN_DIR/worker-$WORKER_ID.exit"',
+      # Created before the job starts so that `follow` can open it whatever the scheduling.
+      ': >"$LOG"',
       *(f"export {key}={quote_arg(value)}" for key, value in spec.env.items()),
       f'{job} \\\n  >"$LOG" 2>&1 &',
       "JOB_PID=$!",
