@@ -1,0 +1,1 @@
+"""Speed benchmarks (scripts, not tests): see benchmarks/README.md."""

@@ -1,0 +1,95 @@
+"""The step benchmark's plumbing: its FLOP count and the table it prints (never its timings).
+
+The FLOP count that model FLOPs utilisation divides is checked against the matrix products JAX
+actually traces for the same steps, and the script is run end to end on its tiny `--quick` shape.
+"""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from benchmarks import flops, jax_steps, shapes, step_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_PEFT = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "peft"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return shapes.get_shape("tiny")
+
+
+@pytest.mark.parametrize("full_finetune", [False, True], ids=["prompt", "full"])
+def test_analytic_flops_match_the_traced_step(tiny, full_finetune):
+  step_fn, state, frozen, batch = jax_steps.make_step(tiny, dtype="float32",
+                                                      full_finetune=full_finetune)
+  traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(step_fn)(state, frozen, batch))
+  counted = flops.step_flops(tiny)
+  assert traced == pytest.approx(counted.full_step if full_finetune else counted.prompt_step,
+                                 rel=1e-9)
+
+
+def test_flop_count_at_the_small_shape():
+  # T5 1.1 small, batch 8, 100 + 256 encoder tokens, 32 targets: forward by hand.
+  enc, dec, e, inner, f, v, layers = 356, 32, 512, 384, 1024, 32128, 8
+  encoder = enc * (4 * e * inner + 3 * e * f) + 2 * enc * enc * inner
+  decoder = (dec * (6 * e * inner + 3 * e * f) + 2 * enc * e * inner
+             + 2 * dec * dec * inner + 2 * dec * enc * inner)
+  forward = 2 * 8 * (layers * (encoder + decoder) + dec * e * v)
+  counted = flops.step_flops(shapes.get_shape("small"))
+  assert counted.forward == forward
+  assert counted.full_step == 3 * forward
+  assert 2.0 * forward < counted.prompt_step < 2.2 * forward
+
+
+def _run_quick(methods):
+  done = subprocess.run(
+      [sys.executable, "-m", "benchmarks.step_benchmark", "--quick", "--methods",
+       ",".join(methods)],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout
+
+
+def test_quick_run_prints_one_well_formed_row_per_method():
+  methods = ["ours-fp32-prompt", "ours-fp32-full"] + (["peft-fp32-prompt"] if HAS_PEFT else [])
+  out = _run_quick(methods)
+  assert re.search(r"Matmul peak GFLOP/s.*ours-float32 [\d.]+ \(n=\d+\)", out)
+  lines = out.splitlines()
+  header_at = next(i for i, line in enumerate(lines) if line.startswith("shape"))
+  header = [cell.strip() for cell in lines[header_at].split("|")]
+  assert header == list(step_benchmark.COLUMNS)
+  rows = [[cell.strip() for cell in line.split("|")] for line in lines[header_at + 2:]]
+  assert [row[1] for row in rows] == methods
+  for row in rows:
+    assert len(row) == len(header) and row[0] == "tiny"
+    seconds, steps_per_s, tokens_per_s = float(row[2]), float(row[3]), float(row[4])
+    # Seconds and steps/s are printed to 4 significant digits, tokens/s to the unit.
+    assert seconds > 0 and steps_per_s == pytest.approx(1 / seconds, rel=2e-3)
+    assert tokens_per_s == pytest.approx(
+        shapes.get_shape("tiny").tokens_per_step / seconds, rel=2e-3, abs=1)
+    assert float(row[5]) > 0 and 0 < float(row[6])  # GFLOP/s, MFU %
+    assert float(row[7]) >= 0 and float(row[8]) >= 0  # CPU seconds, RSS growth
+  by_method = {row[1]: row for row in rows}
+  assert float(by_method["ours-fp32-prompt"][9]) > 0  # XLA's memory analysis is reported
+  if HAS_PEFT:
+    assert by_method["peft-fp32-prompt"][10] == "1.00x"
+    ratio = float(by_method["ours-fp32-prompt"][10].rstrip("x"))
+    peft_s, ours_s = float(by_method["peft-fp32-prompt"][2]), float(by_method["ours-fp32-prompt"][2])
+    assert ratio == pytest.approx(peft_s / ours_s, rel=0.05)
+  else:
+    assert by_method["ours-fp32-prompt"][10] == "-"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "ours-fp64-prompt"], "Unknown methods ['ours-fp64-prompt']"),
+    (["--shapes", "huge"], "Unknown shapes ['huge']"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_arguments_stop_with_one_clear_sentence(argv, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    step_benchmark.parse_args(argv)
