@@ -7,7 +7,7 @@ Matmuls run in the compute dtype with float32 accumulation; norms and softmax ru
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -33,10 +33,47 @@ def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
   return y.astype(dtype)
 
 
+def stacked_matmul(x: jax.Array, kernels: Sequence[jax.Array], dtype) -> List[jax.Array]:
+  """`[x @ k for k in kernels]` as one matmul against the kernels stacked as `[in, n, out]`.
+
+  One large product runs faster on CPU than several concurrent small ones. Stacking on a new
+  middle axis (rather than concatenating) keeps each kernel's sharding of its `out` axis, so
+  nothing moves between devices; one `split` makes the backward pass a single concatenation.
+  """
+  if len(kernels) == 1:
+    return [matmul(x, kernels[0], dtype)]
+  stacked = jnp.stack([k.astype(dtype) for k in kernels], axis=1)
+  y = jnp.einsum("...i,ino->...no", x.astype(dtype), stacked, preferred_element_type=jnp.float32)
+  return [part.squeeze(-2) for part in jnp.split(y.astype(dtype), len(kernels), axis=-2)]
+
+
 def fan_in_init(scale: float = 1.0) -> Callable:
   """Truncated normal with variance `scale / fan_in`, for 2-D `[in, out]` kernels."""
   return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=-2,
                                           out_axis=-1)
+
+
+def _kernel(module: nn.Module, shape: Tuple[int, int], kernel_axes: Tuple[str, str],
+            config: ModelConfig, init_scale: float) -> jax.Array:
+  return module.param("kernel", nn.with_logical_partitioning(fan_in_init(init_scale), kernel_axes),
+                      shape, config.parameter_dtype)
+
+
+class Kernel(nn.Module):
+  """Just the `kernel` parameter of a projection, returned unapplied.
+
+  Lets a block multiply by several kernels at once (gated MLP inputs) while each keeps the
+  parameter path a separate `Dense` would have (`wi_0/kernel`, `wi_1/kernel`).
+  """
+
+  shape: Tuple[int, int]
+  kernel_axes: Tuple[str, str]
+  config: ModelConfig
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return _kernel(self, self.shape, self.kernel_axes, self.config, self.init_scale)
 
 
 class Dense(nn.Module):
@@ -50,9 +87,8 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-        "kernel", nn.with_logical_partitioning(fan_in_init(self.init_scale), self.kernel_axes),
-        (x.shape[-1], self.features), self.config.parameter_dtype)
+    kernel = _kernel(self, (x.shape[-1], self.features), self.kernel_axes, self.config,
+                     self.init_scale)
     if self.float32_output:
       dtype = self.config.compute_dtype
       return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
@@ -105,7 +141,12 @@ _ACTIVATION_FNS = {
 
 
 class MlpBlock(nn.Module):
-  """Feed-forward block: one `wi` (ReLU) or gated `wi_0` x `wi_1` (gated-GELU), then `wo`."""
+  """Feed-forward block: one `wi` (ReLU) or gated `wi_0` x `wi_1` (gated-GELU), then `wo`.
+
+  Gated inputs are multiplied in one matmul against the kernels stacked as `[emb, n, mlp]`:
+  one large product runs faster on CPU than two concurrent half-size ones, and stacking (not
+  concatenating) keeps each kernel's `mlp` sharding, so no data moves between devices.
+  """
 
   config: ModelConfig
 
@@ -113,11 +154,16 @@ class MlpBlock(nn.Module):
   def __call__(self, x: jax.Array, enable_dropout: bool) -> jax.Array:
     cfg = self.config
     activations = cfg.mlp_activations
-    hidden = None
-    for i, act in enumerate(activations):
-      name = "wi" if len(activations) == 1 else f"wi_{i}"
-      h = _ACTIVATION_FNS[act](Dense(cfg.mlp_dim, (axes.EMBED, axes.MLP), cfg, name=name)(x))
-      hidden = h if hidden is None else hidden * h
+    if len(activations) == 1:
+      hidden = _ACTIVATION_FNS[activations[0]](
+          Dense(cfg.mlp_dim, (axes.EMBED, axes.MLP), cfg, name="wi")(x))
+    else:
+      kernels = [Kernel((x.shape[-1], cfg.mlp_dim), (axes.EMBED, axes.MLP), cfg, name=f"wi_{i}")()
+                 for i in range(len(activations))]
+      hidden = None
+      for act, h in zip(activations, stacked_matmul(x, kernels, cfg.compute_dtype)):
+        h = _ACTIVATION_FNS[act](h)
+        hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=not enable_dropout)
     hidden = constrain(hidden, (axes.BATCH, axes.LENGTH, axes.MLP))
@@ -170,6 +216,127 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (0, 3, 1, 2))
 
 
+def _softmax(logits: jax.Array) -> jax.Array:
+  """Softmax over the last axis; the max subtracted for stability carries no gradient."""
+  shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  unnormalized = jnp.exp(shifted)
+  return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+def _heads_major(x: jax.Array) -> jax.Array:
+  return jnp.transpose(x, (0, 2, 1, 3))  # [b, l, h, d] <-> [b, h, l, d]
+
+
+def _attention_forward(query, key, value, bias, keep):
+  """Returns the output `[b, q, h, d]` and the intermediates a backward pass may need."""
+  dtype = query.dtype
+  q = _heads_major(query)  # [b, h, q, d]
+  k_t = jnp.transpose(key, (0, 2, 3, 1))  # [b, h, d, k]: the product needs no further copy
+  v = _heads_major(value)  # [b, h, k, d]
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, k_t, preferred_element_type=jnp.float32)
+  weights = _softmax(logits + bias)  # float32
+  applied = weights if keep is None else weights * keep
+  out = jnp.einsum("bhqk,bhkd->bhqd", applied.astype(dtype), v,
+                   preferred_element_type=jnp.float32)
+  return _heads_major(out).astype(dtype), dict(q=q, k_t=k_t, v=v, weights=weights)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(query, key, value, bias, keep, bias_shape):
+  del bias_shape  # used by the backward pass only
+  return _attention_forward(query, key, value, bias, keep)[0]
+
+
+def _attention_fwd(query, key, value, bias, keep, bias_shape):
+  """Keeps only what the cotangents of the perturbed inputs need (`symbolic_zeros` primals).
+
+  In prompt tuning most attention inputs do depend on the prompt, but e.g. the first decoder
+  layer's cross-attention query does not: its gradient is then neither kept for nor computed.
+  """
+  del bias_shape
+  need = dict(query=query.perturbed, key=key.perturbed, value=value.perturbed,
+              bias=bias.perturbed)
+  keep = None if keep is None else keep.value
+  out, inter = _attention_forward(query.value, key.value, value.value, bias.value, keep)
+  logits_grad = need["query"] or need["key"] or need["bias"]
+  residuals = dict(
+      dtype_probe=jnp.zeros((), query.value.dtype), keep=keep,
+      weights=inter["weights"] if logits_grad or need["value"] else None,
+      v=inter["v"] if logits_grad else None,
+      out=out if logits_grad else None,
+      k_t=inter["k_t"] if need["query"] else None,
+      q=inter["q"] if need["key"] else None,
+      # Empty arrays as flags: residuals must be arrays, and None marks "not needed".
+      need_value=jnp.zeros((0,)) if need["value"] else None,
+      need_bias=jnp.zeros((0,)) if need["bias"] else None)
+  return out, residuals
+
+
+def _attention_backward(bias_shape, residuals, grad):
+  r = residuals
+  keep = r["keep"]
+  d_keep = None
+  if isinstance(grad, jax.custom_derivatives.SymbolicZero):
+    return None, None, None, None, d_keep
+  dtype = r["dtype_probe"].dtype
+  grad_h = _heads_major(grad)  # [b, h, q, d]
+  applied = None
+  if r["weights"] is not None:
+    applied = r["weights"] if keep is None else r["weights"] * keep
+  d_value = None
+  if r["need_value"] is not None:
+    d_value = jnp.einsum("bhqk,bhqd->bhkd", applied.astype(dtype), grad_h,
+                         preferred_element_type=jnp.float32)
+    d_value = _heads_major(d_value).astype(dtype)
+  if r["v"] is None:  # neither query, key nor bias needs the logits' gradient
+    return None, None, d_value, None, d_keep
+  # Softmax backward needs rowsum(dWeights * weights), which equals rowsum(dOut * out): one
+  # reduction over [b, q, h, d] instead of another pass over the [b, h, q, k] weights.
+  row = jnp.sum(grad.astype(jnp.float32) * r["out"].astype(jnp.float32), axis=-1)  # [b, q, h]
+  row = jnp.transpose(row, (0, 2, 1))[..., None]  # [b, h, q, 1]
+  d_applied = jnp.einsum("bhqd,bhkd->bhqk", grad_h, r["v"], preferred_element_type=jnp.float32)
+  d_weights = d_applied if keep is None else d_applied * keep
+  d_logits = r["weights"] * (d_weights - row)  # float32 [b, h, q, k]
+  d_logits_c = d_logits.astype(dtype)
+  d_query = d_key = d_bias = None
+  if r["k_t"] is not None:
+    d_query = jnp.einsum("bhqk,bhdk->bhqd", d_logits_c, r["k_t"],
+                         preferred_element_type=jnp.float32)
+    d_query = _heads_major(d_query).astype(dtype)
+  if r["q"] is not None:
+    d_key = jnp.einsum("bhqk,bhqd->bhkd", d_logits_c, r["q"], preferred_element_type=jnp.float32)
+    d_key = _heads_major(d_key).astype(dtype)
+  if r["need_bias"] is not None:
+    summed = tuple(i for i, n in enumerate(bias_shape) if n == 1 and d_logits.shape[i] != 1)
+    d_bias = jnp.sum(d_logits, axis=summed, keepdims=True) if summed else d_logits
+  return d_query, d_key, d_value, d_bias, d_keep
+
+
+_attention.defvjp(_attention_fwd, _attention_backward, symbolic_zeros=True)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array,
+                          keep: Optional[jax.Array] = None) -> jax.Array:
+  """Unscaled attention with a hand-written backward pass.
+
+  Args:
+    query: `[b, q, h, d]` in the compute dtype.
+    key, value: `[b, k, h, d]`.
+    bias: float32, broadcastable to `[b, h, q, k]` (masking and position bias).
+    keep: optional dropout multipliers for the weights (0 or 1/keep_rate), `[b, h, q, k]`.
+
+  Returns:
+    `[b, q, h, d]` in the query's dtype.
+
+  Products run heads-major with keys pre-transposed, so XLA:CPU gets canonical batched matmuls.
+  The backward pass avoids a second reduction over the `[b, h, q, k]` weights (see
+  `_attention_backward`) and returns the bias gradient (a trained relative-position table needs
+  it; XLA drops it when nothing uses it).
+  """
+  bias = jnp.asarray(bias, jnp.float32)
+  return _attention(query, key, value, bias, keep, tuple(bias.shape))
+
+
 def mask_to_bias(allowed: jax.Array) -> jax.Array:
   """Boolean `[b, q, k]` -> additive float32 `[b, 1, q, k]`."""
   return jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)[:, None, :, :]
@@ -198,6 +365,7 @@ class MultiHeadAttention(nn.Module):
     key_proj, value_proj = proj(name="key"), proj(name="value")
 
     def project_kv():
+      # Separate q/k/v products measured as fast as one stacked product here; they stay apart.
       return split(key_proj(inputs_kv)), split(value_proj(inputs_kv))
 
     if decode and self.is_cross_attention:
@@ -210,12 +378,11 @@ class MultiHeadAttention(nn.Module):
     key = constrain(key, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
     value = constrain(value, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
 
-    # [b, q, h, d] x [b, k, h, d] -> [b, h, q, k]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias, axis=-1).astype(cfg.compute_dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value,
-                     preferred_element_type=jnp.float32).astype(cfg.compute_dtype)
+    keep = None
+    if enable_dropout and cfg.dropout_rate > 0:
+      shape = (query.shape[0], cfg.num_heads, query.shape[1], key.shape[1])
+      keep = nn.Dropout(cfg.dropout_rate)(jnp.ones(shape, jnp.float32), deterministic=False)
+    out = dot_product_attention(query, key, value, bias, keep)
     out = out.reshape(out.shape[:2] + (inner,))
     return Dense(cfg.emb_dim, (axes.JOINED_KV, axes.EMBED), cfg, name="out")(out)
 

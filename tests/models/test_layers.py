@@ -1,0 +1,115 @@
+"""The fast attention backward pass and the stacked gated-MLP product against plain autodiff."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning.models import layers
+from prompt_tuning.models.config import ModelConfig
+
+B, Q, K, H, D = 2, 5, 7, 3, 4
+
+
+def _reference_attention(query, key, value, bias, keep):
+  """The textbook formulation, differentiated by JAX."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) + bias
+  weights = jax.nn.softmax(logits, axis=-1)
+  if keep is not None:
+    weights = weights * keep
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(query.dtype), value,
+                    preferred_element_type=jnp.float32).astype(query.dtype)
+
+
+def _inputs(bias_shape, dropout, dtype=jnp.float32):
+  keys = jax.random.split(jax.random.PRNGKey(0), 6)
+  query = jax.random.normal(keys[0], (B, Q, H, D)).astype(dtype)
+  key = jax.random.normal(keys[1], (B, K, H, D)).astype(dtype)
+  value = jax.random.normal(keys[2], (B, K, H, D)).astype(dtype)
+  bias = jax.random.normal(keys[3], bias_shape)
+  keep = None
+  if dropout:
+    keep = jax.random.bernoulli(keys[4], 0.8, (B, H, Q, K)).astype(jnp.float32) / 0.8
+  cotangent = jax.random.normal(keys[5], (B, Q, H, D)).astype(dtype)
+  return query, key, value, bias, keep, cotangent
+
+
+@pytest.mark.parametrize("bias_shape", [(B, H, Q, K), (1, H, Q, K), (B, 1, Q, K)])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_output_and_every_gradient_match_autodiff(bias_shape, dropout):
+  query, key, value, bias, keep, cotangent = _inputs(bias_shape, dropout)
+
+  def loss(fn):
+    return lambda q, k, v, b: jnp.sum(fn(q, k, v, b, keep) * cotangent)
+
+  ours = jax.value_and_grad(loss(layers.dot_product_attention), argnums=(0, 1, 2, 3))
+  reference = jax.value_and_grad(loss(_reference_attention), argnums=(0, 1, 2, 3))
+  (value_ours, grads_ours), (value_ref, grads_ref) = (
+      ours(query, key, value, bias), reference(query, key, value, bias))
+  np.testing.assert_allclose(value_ours, value_ref, rtol=1e-5)
+  for name, got, want in zip(("query", "key", "value", "bias"), grads_ours, grads_ref):
+    assert got.shape == want.shape, name
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("argnums", [(0,), (1,), (2,), (3,), (0, 2), (1, 3)])
+def test_gradients_of_a_subset_of_inputs_match_autodiff_and_skip_the_rest(argnums):
+  query, key, value, bias, _, cotangent = _inputs((1, H, Q, K), False)
+  args = (query, key, value, bias)
+
+  def loss(fn):
+    return lambda *a: jnp.sum(fn(*a, None) * cotangent)
+
+  got = jax.grad(loss(layers.dot_product_attention), argnums=argnums)(*args)
+  want = jax.grad(loss(_reference_attention), argnums=argnums)(*args)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-4)
+  # Only the products those gradients need are traced: one [q, k] x [k, d] product per head
+  # for d_value alone, three more products when query, key or bias need the logits' gradient.
+  jaxpr = jax.make_jaxpr(jax.grad(loss(layers.dot_product_attention), argnums=argnums))(*args)
+  products = sum(e.primitive.name == "dot_general" for e in jaxpr.jaxpr.eqns)
+  backward = {(2,): 1, (0,): 2, (1,): 2, (3,): 1, (0, 2): 3, (1, 3): 2}[argnums]
+  assert products == 2 + backward
+
+
+def test_attention_in_bfloat16_stays_close_to_float32():
+  query, key, value, bias, _, cotangent = _inputs((1, H, Q, K), False)
+  loss = lambda q, k, v: jnp.sum(
+      layers.dot_product_attention(q, k, v, bias).astype(jnp.float32) * cotangent)
+  grads32 = jax.grad(loss, argnums=(0, 1, 2))(query, key, value)
+  low = [x.astype(jnp.bfloat16) for x in (query, key, value)]
+  grads16 = jax.grad(loss, argnums=(0, 1, 2))(*low)
+  for got, want in zip(grads16, grads32):
+    assert got.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(want)))
+    assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want))) < 0.03 * scale
+
+
+def test_fully_masked_query_rows_stay_finite():
+  query, key, value, _, _, cotangent = _inputs((1, H, Q, K), False)
+  bias = jnp.full((B, 1, Q, K), layers.MASKED).at[:, :, :2].set(0.0)  # rows 2.. see nothing
+  grads = jax.grad(lambda q, k, v: jnp.sum(layers.dot_product_attention(q, k, v, bias)
+                                           * cotangent), argnums=(0, 1, 2))(query, key, value)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_gated_mlp_keeps_t5x_parameter_paths_and_equals_separate_products():
+  cfg = ModelConfig(vocab_size=16, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
+                    num_encoder_layers=1, num_decoder_layers=1)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8))
+  block = layers.MlpBlock(cfg)
+  params = nn.meta.unbox(block.init(jax.random.PRNGKey(2), x, False))["params"]
+  assert sorted(params) == ["wi_0", "wi_1", "wo"]
+  assert params["wi_0"]["kernel"].shape == (8, 12) and params["wo"]["kernel"].shape == (12, 8)
+  expected = (nn.gelu(x @ params["wi_0"]["kernel"], approximate=True)
+              * (x @ params["wi_1"]["kernel"])) @ params["wo"]["kernel"]
+  np.testing.assert_allclose(block.apply({"params": params}, x, False), expected, rtol=1e-5,
+                             atol=1e-6)
+  # Gradients flow into each kernel as if it had its own product.
+  grads = jax.grad(lambda p: jnp.sum(block.apply({"params": p}, x, False) ** 2))(params)
+  manual = jax.grad(lambda p: jnp.sum(((nn.gelu(x @ p["wi_0"]["kernel"], approximate=True)
+                                        * (x @ p["wi_1"]["kernel"])) @ p["wo"]["kernel"]) ** 2))(
+                                            params)
+  for name in ("wi_0", "wi_1", "wo"):
+    np.testing.assert_allclose(grads[name]["kernel"], manual[name]["kernel"], rtol=1e-4,
+                               atol=1e-6)
