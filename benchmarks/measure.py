@@ -86,7 +86,7 @@ def _affordable_size(seconds_at: Callable[[int], float], size: int, budget_s: fl
   probe overestimates (small products run below peak), so the budget is generous.
   """
   probe = 512
-  probe_s = min(seconds_at(probe) for _ in range(2))  # the first call also compiles
+  probe_s = seconds_at(probe)
   if probe_s * (size / probe) ** 3 <= budget_s:
     return size
   return max(probe, int(probe * (budget_s / probe_s) ** (1 / 3)) // 64 * 64)
@@ -100,9 +100,12 @@ class MatmulPeak:
   """
 
   def __init__(self, framework: str, dtype: str, *, size: int, threads: int,
-               budget_s: float = 3.0):
+               budget_s: float = 3.0, device: str = "cpu"):
     self.name = f"{framework}-{dtype}"
-    self._product = _torch_product if framework == "peft" else _jax_product
+    if framework == "peft":
+      self._product = lambda n, d, t: _torch_product(n, d, t, device)
+    else:
+      self._product = _jax_product  # on the worker's JAX platform
     self._dtype, self._threads = dtype, threads
     self.side = _affordable_size(self._seconds_at, size, budget_s)
     self._run = self._product(self.side, dtype, threads)
@@ -110,7 +113,9 @@ class MatmulPeak:
     self.best_flops = 0.0
 
   def _seconds_at(self, n: int) -> float:
+    """Seconds of one `[n, n] @ [n, n]` product, compilation and first-call costs excluded."""
     run = self._product(n, self._dtype, self._threads)
+    run()
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
@@ -136,9 +141,16 @@ def _jax_product(n: int, dtype: str, threads: int) -> Callable[[], None]:
   return lambda: dot(a, b).block_until_ready()
 
 
-def _torch_product(n: int, dtype: str, threads: int) -> Callable[[], None]:
+def _torch_product(n: int, dtype: str, threads: int, device: str = "cpu") -> Callable[[], None]:
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(threads)
-  a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
-  return lambda: torch.mm(a, b)
+  torch_device = "cuda" if device == "gpu" else "cpu"
+  a, b = (torch.randn(n, n, device=torch_device).to(getattr(torch, dtype)) for _ in range(2))
+
+  def run():
+    torch.mm(a, b)
+    if torch_device == "cuda":
+      torch.cuda.synchronize()
+
+  return run

@@ -30,8 +30,11 @@ def _t5_config(shape: BenchShape, transformers):
 
 
 def build_step(shape: BenchShape, *, dtype: str, threads: int,
-               batch: dict[str, np.ndarray]) -> Callable[[], None]:
-  """Builds the PEFT model and returns `run()`, which performs one prompt-tuning step."""
+               batch: dict[str, np.ndarray], device: str = "cpu") -> Callable[[], None]:
+  """Builds the PEFT model and returns `run()`, which performs one prompt-tuning step.
+
+  `device` is 'cpu' or 'gpu' (CUDA); on a GPU `run()` waits for the step's kernels to finish.
+  """
   import peft  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -43,7 +46,8 @@ def build_step(shape: BenchShape, *, dtype: str, threads: int,
   # transformers ties lm_head to the embedding even for an untied config; untie it.
   model.lm_head.weight = torch.nn.Parameter(
       torch.randn(config.vocab_size, config.d_model) * config.d_model ** -0.5)
-  model = model.to(getattr(torch, dtype))
+  torch_device = "cuda" if device == "gpu" else "cpu"
+  model = model.to(getattr(torch, dtype)).to(torch_device)
   prompt_config = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
                                           num_virtual_tokens=shape.prompt_length)
   model = peft.get_peft_model(model, prompt_config)
@@ -52,8 +56,8 @@ def build_step(shape: BenchShape, *, dtype: str, threads: int,
   optimizer = transformers.optimization.Adafactor(
       trainable, lr=0.3, decay_rate=-0.8, clip_threshold=1.0, scale_parameter=False,
       relative_step=False, warmup_init=False, weight_decay=1e-5)
-  input_ids = torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64))
-  labels = torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))
+  input_ids = torch.from_numpy(batch["encoder_input_tokens"].astype(np.int64)).to(torch_device)
+  labels = torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64)).to(torch_device)
   attention_mask = torch.ones_like(input_ids)
 
   def run() -> None:
@@ -61,5 +65,7 @@ def build_step(shape: BenchShape, *, dtype: str, threads: int,
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if torch_device == "cuda":
+      torch.cuda.synchronize()
 
   return run

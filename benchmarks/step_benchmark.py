@@ -6,20 +6,27 @@ Run from the repository root:
     python -m benchmarks.step_benchmark --shapes small   # one shape
     python -m benchmarks.step_benchmark --quick          # tiny shape, seconds; checks the plumbing
 
-Each shape runs in a fresh subprocess that builds every method, then times them in rounds (one
-step of each method per round, plus one matmul-peak sample per framework and dtype), so steps
-and peaks all see the same background load. See benchmarks/README.md for the columns and how
+Each framework runs in its own worker process, so neither one's threads, allocator state or
+memory growth touch the other's measurements. The workers build and warm up their methods one
+after the other, then take turns in lockstep rounds: one step of each method per round, plus
+one matmul-peak sample per framework and dtype, while the other worker waits idle. Steps and
+peaks thus see the same background load. See benchmarks/README.md for the columns and how
 FLOPs are counted.
+
+Host allocator: our worker uses `--host_allocator` (default `reuse`, as the train/eval/infer
+entry points do; see `prompt_tuning/engine/host_memory.py`); the PEFT worker uses
+`--peft_host_allocator` (default `system`: PEFT as its users run it). Pass
+`--peft_host_allocator=reuse` to give PEFT the same allocator policy.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import flops as flops_lib
@@ -35,80 +42,151 @@ METHODS = {
     "peft-bf16-prompt": ("peft", "bfloat16", False),
 }
 DEFAULT_METHODS = ("ours-fp32-prompt", "ours-bf16-prompt", "ours-fp32-full", "peft-fp32-prompt")
-BASELINE_METHOD = "peft-fp32-prompt"
-RESULT_MARKER = "BENCHMARK_RESULT "
+REPLY_MARKER = "BENCHMARK_REPLY "  # worker lines the driver reads; anything else is library noise
 COLUMNS = ("shape", "method", "s/step", "steps/s", "tokens/s", "GFLOP/s", "MFU %",
            "cpu s/step", "RSS growth MB", "XLA MB", "vs PEFT")
 
 
 # ------------------------------------------------------------------------------------------------
-# The worker: one subprocess per shape.
+# The worker: one subprocess per (shape, framework), driven over stdin/stdout one JSON line at a
+# time.
 
 
 def _build_ours(shape, methods: Sequence[str]) -> Dict[str, Any]:
-  """Compiles our steps two at a time (compilation releases the GIL); they share parameters."""
+  """Compiles our steps; they share one set of parameters."""
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
   params = jax_steps.random_params(shape)
-
-  def build(method):
+  steps = {}
+  for method in methods:
     _, dtype, full = METHODS[method]
-    return jax_steps.build_step(shape, dtype=dtype, full_finetune=full, params=params)
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    return dict(zip(methods, pool.map(build, methods)))
+    steps[method] = jax_steps.build_step(shape, dtype=dtype, full_finetune=full, params=params)
+  return steps
 
 
-def _shape_worker(shape_name: str, methods: Sequence[str], *, warmup: int, steps: int,
-                  threads: int, peak_size: int) -> Dict[str, Any]:
-  """Builds and warms up every method of one shape, then times them in interleaved rounds.
+def _serve(job: Dict[str, Any], commands, replies) -> None:
+  """Builds and warms up the job's methods, then runs the steps and peak samples it is sent.
 
-  PEFT is built and warmed up first, alone, so the RSS growth over its warm-up step is neither
-  disturbed nor hidden by memory that our steps freed earlier.
+  Commands: {"step": METHOD} -> {"wall_s", "cpu_s"}; {"peak": NAME} -> {"flops"};
+  {"finish": true} -> memory figures and peaks, then the worker exits.
   """
+  from prompt_tuning.engine import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.configure(job["host_allocator"])  # before JAX or PyTorch allocate anything
   from benchmarks import jax_steps, measure  # pylint: disable=g-import-not-at-top
-  shape = shapes_lib.get_shape(shape_name)
+  shape = shapes_lib.get_shape(job["shape"])
+  methods, threads = job["methods"], job["threads"]
   runs: Dict[str, Callable[[], None]] = {}
-  results: Dict[str, Dict[str, Any]] = {}
+  memory: Dict[str, Dict[str, Any]] = {}
 
   def warm_up(method: str, run: Callable[[], None], xla_bytes: Optional[int]) -> None:
-    warm = measure.time_steps(run, warmup=0, steps=max(warmup, 1))
+    warm = measure.time_steps(run, warmup=0, steps=max(job["warmup"], 1))
     runs[method] = run
-    results[method] = {"wall_s": [], "cpu_s": [], "rss_growth_bytes": warm.rss_delta_bytes,
-                       "xla_bytes": xla_bytes}
+    memory[method] = {"rss_growth_bytes": warm.rss_delta_bytes, "xla_bytes": xla_bytes}
 
-  for method in [m for m in methods if METHODS[m][0] == "peft"]:
+  if job["framework"] == "peft":
     from benchmarks import peft_steps  # pylint: disable=g-import-not-at-top
-    warm_up(method, peft_steps.build_step(shape, dtype=METHODS[method][1], threads=threads,
-                                          batch=jax_steps.random_batch(shape)), None)
-  ours = [m for m in methods if METHODS[m][0] == "ours"]
-  for method, step in _build_ours(shape, ours).items():
-    warm_up(method, step.run, step.xla_bytes)
-
-  peaks = [measure.MatmulPeak(framework, dtype, size=peak_size, threads=threads)
-           for framework, dtype in sorted({METHODS[m][:2] for m in methods})]
-  for peak in peaks:
-    peak.sample(repeats=2)
-  for _ in range(steps):
     for method in methods:
-      timing = measure.time_steps(runs[method], warmup=0, steps=1)
-      results[method]["wall_s"] += timing.wall_s
-      results[method]["cpu_s"] += timing.cpu_s
-    for peak in peaks:
-      peak.sample()
-  return {"methods": results,
-          "peaks": {peak.name: [peak.best_flops, peak.side] for peak in peaks}}
+      warm_up(method, peft_steps.build_step(shape, dtype=METHODS[method][1], threads=threads,
+                                            batch=jax_steps.random_batch(shape),
+                                            device=job["device"]), None)
+  else:
+    for method, step in _build_ours(shape, methods).items():
+      warm_up(method, step.run, step.xla_bytes)
+  peaks = {}
+  for dtype in sorted({METHODS[m][1] for m in methods}):
+    peak = measure.MatmulPeak(job["framework"], dtype, size=job["peak_size"], threads=threads,
+                              device=job["device"])
+    peak.sample(repeats=2)
+    peaks[peak.name] = peak
+
+  def reply(message: Dict[str, Any]) -> None:
+    replies.write(REPLY_MARKER + json.dumps(message) + "\n")
+    replies.flush()
+
+  reply({"ready": True, "host_allocator": host_memory.applied_policy()})
+  for line in commands:
+    command = json.loads(line)
+    if "step" in command:
+      timing = measure.time_steps(runs[command["step"]], warmup=0, steps=1)
+      reply({"wall_s": timing.wall_s[0], "cpu_s": timing.cpu_s[0]})
+    elif "peak" in command:
+      reply({"flops": peaks[command["peak"]].sample()})
+    else:
+      reply({"memory": memory,
+             "peaks": {name: [peak.best_flops, peak.side] for name, peak in peaks.items()}})
+      return
 
 
-def _spawn(job: Dict[str, Any]) -> Dict[str, Any]:
-  """Runs `job` in a fresh interpreter and returns the JSON it reports."""
-  command = [sys.executable, "-m", "benchmarks.step_benchmark", "--worker", json.dumps(job)]
-  done = subprocess.run(command, capture_output=True, text=True, check=False,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for line in done.stdout.splitlines():
-    if line.startswith(RESULT_MARKER):
-      return json.loads(line[len(RESULT_MARKER):])
-  raise RuntimeError(f"The benchmark worker for shape {job['shape']!r} failed "
-                     f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
+class _Worker:
+  """The parent's handle on one worker process."""
+
+  def __init__(self, job: Dict[str, Any]):
+    self.job = job
+    self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, so chatty libraries never block
+    # JAX in the worker sees only the benchmarked platform.
+    env = dict(os.environ, JAX_PLATFORMS="cuda" if job["device"] == "gpu" else "cpu")
+    self.process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.step_benchmark", "--worker", json.dumps(job)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    self.ready = self._receive()
+
+  def _receive(self) -> Dict[str, Any]:
+    for line in self.process.stdout:
+      if line.startswith(REPLY_MARKER):
+        return json.loads(line[len(REPLY_MARKER):])
+    self.process.wait()
+    self.stderr.seek(0)
+    raise RuntimeError(
+        f"The benchmark worker for {self.job['framework']} at shape {self.job['shape']!r} "
+        f"failed (exit {self.process.returncode}):\n{self.stderr.read()[-3000:]}")
+
+  def ask(self, command: Dict[str, Any]) -> Dict[str, Any]:
+    self.process.stdin.write(json.dumps(command) + "\n")
+    self.process.stdin.flush()
+    return self._receive()
+
+  def finish(self) -> Dict[str, Any]:
+    result = self.ask({"finish": True})
+    self.process.stdin.close()
+    self.process.wait()
+    return result
+
+
+def run_shape(shape_name: str, methods: Sequence[str], *, warmup: int, steps: int, threads: int,
+              peak_size: int, host_allocator: str = "reuse", peft_host_allocator: str = "system",
+              device: str = "cpu") -> Dict[str, Any]:
+  """Times every method of one shape; returns per-method timings, memory and matmul peaks."""
+  allocators = {"ours": host_allocator, "peft": peft_host_allocator}
+  workers = {}
+  for framework in ("peft", "ours"):  # PEFT warms up first, on a machine not yet loaded by us
+    mine = [m for m in methods if METHODS[m][0] == framework]
+    if mine:
+      workers[framework] = _Worker({
+          "framework": framework, "shape": shape_name, "methods": mine, "warmup": warmup,
+          "threads": threads, "peak_size": peak_size, "host_allocator": allocators[framework],
+          "device": device})
+  timings = {m: {"wall_s": [], "cpu_s": []} for m in methods}
+  peak_names = {f"{METHODS[m][0]}-{METHODS[m][1]}": METHODS[m][0] for m in methods}
+  try:
+    for _ in range(steps):
+      for method in methods:
+        reply = workers[METHODS[method][0]].ask({"step": method})
+        timings[method]["wall_s"].append(reply["wall_s"])
+        timings[method]["cpu_s"].append(reply["cpu_s"])
+      for name, framework in sorted(peak_names.items()):
+        workers[framework].ask({"peak": name})
+    finished = {framework: worker.finish() for framework, worker in workers.items()}
+  finally:
+    for worker in workers.values():
+      if worker.process.poll() is None:
+        worker.process.kill()
+  results, peaks = {}, {}
+  for framework, done in finished.items():
+    peaks.update(done["peaks"])
+    for method, memory in done["memory"].items():
+      results[method] = {**timings[method], **memory}
+  return {"methods": results, "peaks": peaks,
+          "host_allocators": {f: w.ready["host_allocator"] for f, w in workers.items()}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,11 +219,13 @@ def _megabytes(value: Optional[float]) -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
   """One line per row; columns as in `COLUMNS`."""
-  baselines = {row.shape.name: row.seconds for row in rows if row.method == BASELINE_METHOD}
+  # Each row is compared with PEFT's prompt-tuning step at the same shape and compute dtype.
+  baselines = {(row.shape.name, METHODS[row.method][1]): row.seconds for row in rows
+               if METHODS[row.method][0] == "peft" and not METHODS[row.method][2]}
   lines = []
   for row in rows:
     rate = row.flops / row.seconds
-    baseline = baselines.get(row.shape.name)
+    baseline = baselines.get((row.shape.name, METHODS[row.method][1]))
     lines.append((
         row.shape.name, row.method, f"{row.seconds:.4g}", f"{1 / row.seconds:.4g}",
         f"{row.shape.tokens_per_step / row.seconds:.0f}", f"{rate / 1e9:.4g}",
@@ -159,10 +239,13 @@ def format_table(rows: Sequence[Row]) -> str:
                    + [render(cells) for cells in lines])
 
 
-def format_peaks(shape_name: str, peaks: Dict[str, Any]) -> str:
+def format_peaks(shape_name: str, peaks: Dict[str, Any],
+                 host_allocators: Optional[Dict[str, str]] = None) -> str:
   parts = [f"{name} {value / 1e9:.1f} (n={side})" for name, (value, side) in sorted(peaks.items())]
-  return f"Matmul peak GFLOP/s during the {shape_name} rows, best [n, n] @ [n, n]: " + ", ".join(
-      parts)
+  allocators = ", ".join(f"{framework} {policy}"
+                         for framework, policy in sorted((host_allocators or {}).items()))
+  return (f"Matmul peak GFLOP/s during the {shape_name} rows, best [n, n] @ [n, n]: "
+          + ", ".join(parts) + (f" (host allocator: {allocators})" if allocators else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,6 +270,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
   parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
   parser.add_argument("--peak-size", type=int, default=2048, help="matmul peak side length")
+  parser.add_argument("--host_allocator", choices=("reuse", "system"), default="reuse",
+                      help="C allocator policy of our worker (see host_memory.py)")
+  parser.add_argument("--peft_host_allocator", choices=("reuse", "system"), default="system",
+                      help="C allocator policy of the PEFT worker")
+  parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                      help="where both frameworks run (gpu: JAX on CUDA, PyTorch on cuda:0)")
   parser.add_argument("--quick", action="store_true",
                       help="tiny shape, one timed step, small peak matmul: checks the plumbing")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -207,17 +296,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except ValueError as error:
     sys.exit(f"error: {error}")
   if args.worker:
-    job = json.loads(args.worker)
-    result = _shape_worker(job["shape"], job["methods"], warmup=job["warmup"],
-                           steps=job["steps"], threads=job["threads"],
-                           peak_size=job["peak_size"])
-    print(RESULT_MARKER + json.dumps(result), flush=True)
+    _serve(json.loads(args.worker), sys.stdin, sys.stdout)
     return
   rows = []
   for shape_name in args.shapes:
-    result = _spawn({"shape": shape_name, "methods": args.methods, "warmup": args.warmup,
-                     "steps": args.steps, "threads": args.threads, "peak_size": args.peak_size})
-    print(format_peaks(shape_name, result["peaks"]), flush=True)
+    result = run_shape(shape_name, args.methods, warmup=args.warmup, steps=args.steps,
+                       threads=args.threads, peak_size=args.peak_size,
+                       host_allocator=args.host_allocator,
+                       peft_host_allocator=args.peft_host_allocator, device=args.device)
+    print(format_peaks(shape_name, result["peaks"], result["host_allocators"]), flush=True)
     for method in args.methods:
       framework, dtype, _ = METHODS[method]
       peak = result["peaks"].get(f"{framework}-{dtype}", [None])[0]

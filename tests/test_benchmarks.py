@@ -59,6 +59,9 @@ def test_quick_run_prints_one_well_formed_row_per_method():
   methods = ["ours-fp32-prompt", "ours-fp32-full"] + (["peft-fp32-prompt"] if HAS_PEFT else [])
   out = _run_quick(methods)
   assert re.search(r"Matmul peak GFLOP/s.*ours-float32 [\d.]+ \(n=\d+\)", out)
+  # Each framework ran in its own worker, ours under the reuse allocator, PEFT as users run it.
+  expected_allocators = "ours reuse, peft system" if HAS_PEFT else "ours reuse"
+  assert f"(host allocator: {expected_allocators})" in out
   lines = out.splitlines()
   header_at = next(i for i, line in enumerate(lines) if line.startswith("shape"))
   header = [cell.strip() for cell in lines[header_at].split("|")]
