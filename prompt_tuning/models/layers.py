@@ -154,16 +154,13 @@ class MlpBlock(nn.Module):
   def __call__(self, x: jax.Array, enable_dropout: bool) -> jax.Array:
     cfg = self.config
     activations = cfg.mlp_activations
-    if len(activations) == 1:
-      hidden = _ACTIVATION_FNS[activations[0]](
-          Dense(cfg.mlp_dim, (axes.EMBED, axes.MLP), cfg, name="wi")(x))
-    else:
-      kernels = [Kernel((x.shape[-1], cfg.mlp_dim), (axes.EMBED, axes.MLP), cfg, name=f"wi_{i}")()
-                 for i in range(len(activations))]
-      hidden = None
-      for act, h in zip(activations, stacked_matmul(x, kernels, cfg.compute_dtype)):
-        h = _ACTIVATION_FNS[act](h)
-        hidden = h if hidden is None else hidden * h
+    names = ["wi"] if len(activations) == 1 else [f"wi_{i}" for i in range(len(activations))]
+    kernels = [Kernel((x.shape[-1], cfg.mlp_dim), (axes.EMBED, axes.MLP), cfg, name=name)()
+               for name in names]
+    hidden = None
+    for act, h in zip(activations, stacked_matmul(x, kernels, cfg.compute_dtype)):
+      h = _ACTIVATION_FNS[act](h)
+      hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=not enable_dropout)
     hidden = constrain(hidden, (axes.BATCH, axes.LENGTH, axes.MLP))
@@ -260,7 +257,7 @@ def _attention_fwd(query, key, value, bias, keep, bias_shape):
   out, inter = _attention_forward(query.value, key.value, value.value, bias.value, keep)
   logits_grad = need["query"] or need["key"] or need["bias"]
   residuals = dict(
-      dtype_probe=jnp.zeros((), query.value.dtype), keep=keep,
+      keep=keep,
       weights=inter["weights"] if logits_grad or need["value"] else None,
       v=inter["v"] if logits_grad else None,
       out=out if logits_grad else None,
@@ -278,7 +275,7 @@ def _attention_backward(bias_shape, residuals, grad):
   d_keep = None
   if isinstance(grad, jax.custom_derivatives.SymbolicZero):
     return None, None, None, None, d_keep
-  dtype = r["dtype_probe"].dtype
+  dtype = grad.dtype  # the output's, which is the query's
   grad_h = _heads_major(grad)  # [b, h, q, d]
   applied = None
   if r["weights"] is not None:
