@@ -3,7 +3,29 @@
 The core pins are a set known to install and work together on current JAX (CPU, Python 3.11).
 The `test` extra adds the independent PyTorch implementation used for numeric parity checks.
 """
+import os
+import shutil
+
 import setuptools
+from setuptools.command.build_py import build_py
+
+# The gin library lives at the repository root (`gin/`), where `include 'gin/...'` lines find it
+# from a checkout. A wheel has no repository root, so the build copies the tree into the package
+# (`prompt_tuning/bundled/gin/`), and the gin search path adds `prompt_tuning/bundled`.
+GIN_SOURCE = "gin"
+GIN_BUNDLE = os.path.join("prompt_tuning", "bundled")
+
+
+class BuildPyWithGin(build_py):
+  """`build_py` that also copies the repository's gin files into the built package."""
+
+  def run(self):
+    super().run()
+    if getattr(self, "editable_mode", False):
+      return  # an editable install reads `gin/` from the checkout itself
+    target = os.path.join(self.build_lib, GIN_BUNDLE, GIN_SOURCE)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(GIN_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 CORE = [
     "jax==0.10.2",
@@ -48,8 +70,7 @@ setuptools.setup(
     version="0.1.0",
     description="Adapt frozen T5-family and decoder-only language models with learned prompts, in JAX/Flax.",
     packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
-    package_data={"prompt_tuning": ["gin/**/*.gin", "data/smoke/*"]},
-    include_package_data=True,
+    cmdclass={"build_py": BuildPyWithGin},
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require=EXTRAS,

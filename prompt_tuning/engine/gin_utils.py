@@ -22,7 +22,9 @@ from anywhere inside a checkout or an installed tree that ships `gin/`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
 import re
@@ -33,8 +35,10 @@ import gin
 
 from prompt_tuning.engine import host_memory
 
-# The folder that holds `gin/` (the repository root of a checkout).
+# The folders that may hold `gin/`: the repository root of a checkout, and the copy a wheel
+# carries inside the package (setup.py's `BuildPyWithGin`).
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+BUNDLED_ROOT = str(pathlib.Path(__file__).resolve().parents[1] / "bundled")
 OPERATIVE_CONFIG_FILE = "config.gin"
 
 
@@ -160,6 +164,8 @@ def _first_line(error: Exception) -> str:
 
 def search_paths(extra: Sequence[str] = ()) -> List[str]:
   paths = [os.path.abspath(p) for p in extra] + [os.getcwd(), REPO_ROOT]
+  if os.path.isdir(BUNDLED_ROOT):
+    paths.append(BUNDLED_ROOT)
   return list(dict.fromkeys(paths))
 
 
@@ -176,16 +182,40 @@ def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
   raise ConfigError(f"Gin file {name!r} was not found in the search paths {list(paths)}.")
 
 
+class _GinPathProbeFilter(logging.Filter):
+  """Drops gin's "Path not found" errors: it logs one for every search path an `include` misses
+  before the one that holds the file; an include found nowhere still raises (ConfigError below)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.getMessage().startswith("Path not found")
+                and record.pathname.endswith(os.path.join("gin", "resource_reader.py")))
+
+
+@contextlib.contextmanager
+def _quiet_gin_path_probes():
+  probe_filter, root = _GinPathProbeFilter(), logging.getLogger()  # gin logs to the root logger
+  root.addFilter(probe_filter)
+  try:
+    yield
+  finally:
+    root.removeFilter(probe_filter)
+
+
 def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = ()) -> None:
   """Parses files, then bindings (later ones win), turning gin's errors into one sentence."""
   paths = search_paths(gin_search_paths)
+  # gin resolves `include` lines against the working directory itself; it gets the user's paths
+  # and the roots that hold `gin/`.
+  user_paths = {os.path.abspath(p) for p in gin_search_paths}
   for path in paths:
-    gin.add_config_file_search_path(path)
+    if path != os.getcwd() and (path in user_paths or os.path.isdir(os.path.join(path, "gin"))):
+      gin.add_config_file_search_path(path)
   for name in gin_files:
     resolved = resolve_gin_file(name, paths)
     try:
-      gin.parse_config_file(resolved)
+      with _quiet_gin_path_probes():
+        gin.parse_config_file(resolved)
     except IOError as error:  # a missing `include`
       raise ConfigError(f"Gin file {name!r} could not be loaded: {_first_line(error)}.") from None
     except Exception as error:  # pylint: disable=broad-except  (gin raises many kinds)
