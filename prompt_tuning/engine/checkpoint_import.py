@@ -9,7 +9,8 @@ Checkpoint arrays the model does not declare (optimizer slots, an unused `lm_hea
 
 Formats (`format='auto'` picks by what the folder holds):
   * 't5x':    `checkpoint_<step>/checkpoint` msgpack + zarr folders (`importers/t5x_legacy.py`).
-  * 'orbax':  a T5X orbax step folder or any orbax PyTree folder (`importers/orbax_reader.py`).
+  * 'orbax':  a T5X orbax step folder, one of this project's step folders (its 'params' and
+              'frozen' items together) or any orbax PyTree folder (`importers/orbax_reader.py`).
   * 'hf':     `config.json` + `model.safetensors[.index.json]` of T5/mT5 (`importers/hf_t5.py`).
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def open_checkpoint(path: str, *, format: str = "auto",  # pylint: disable=redef
       raise ValueError(f"Hugging Face checkpoint {path} holds parameters only, no {section!r}.")
     return hf_t5.HFT5Reader(path)
   if format == "orbax":
-    return orbax_reader.OrbaxReader(path, section=section)
+    return orbax_reader.open_step_folder(path, section=section)
   return t5x_legacy.T5XLegacyReader(path, section=section or "target")
 
 

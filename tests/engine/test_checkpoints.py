@@ -144,6 +144,26 @@ def test_prompt_checkpoint_is_small_and_full_checkpoint_holds_the_frozen_model(t
   _assert_trees_equal(restored.frozen, frozen)
 
 
+def test_a_saved_step_folder_imports_as_one_checkpoint(tmp_path):
+  """A full checkpoint's step folder (items 'params' + 'frozen') is a base for a later run."""
+  from prompt_tuning.engine import checkpoint_import  # pylint: disable=g-import-not-at-top
+  state, frozen = _initial()
+  state = _advance(state, frozen, 3)
+  with checkpoints.CheckpointManager(directory=tmp_path, save_frozen=True) as manager:
+    manager.save(step=3, state=state, frozen=frozen)
+  merged = train_state.merge_params(trainable=state.params, frozen=frozen)
+  abstract = jax.eval_shape(lambda: merged)
+  imported = checkpoint_import.import_checkpoint(str(tmp_path / "3"), abstract_params=abstract)
+  _assert_trees_equal(imported, merged)
+  assert float(jnp.abs(state.params["input_hook"]["prompt"] - _initial()[0].params["input_hook"]
+                       ["prompt"]).max()) > 1e-3  # the trained prompt, not the initial one
+  # A prompt-only step folder offers the prompt and nothing else: the base is named as missing.
+  with checkpoints.CheckpointManager(directory=tmp_path / "small", base_checkpoint=BASE) as small:
+    small.save(step=3, state=state)
+  with pytest.raises(ValueError, match="hidden/kernel"):
+    checkpoint_import.import_checkpoint(str(tmp_path / "small" / "3"), abstract_params=abstract)
+
+
 def test_asking_a_small_checkpoint_for_frozen_params_names_the_base(tmp_path):
   state, frozen = _initial()
   with checkpoints.CheckpointManager(directory=tmp_path, base_checkpoint=BASE) as manager:

@@ -24,6 +24,11 @@ that T5X's tree under 'state/' is {'target': ..., 'state': ...} with no extra wr
 Accepted paths: `checkpoint_<step>` (the 'state' item is used), the item folder itself, or any
 orbax PyTree folder. Parameters are taken from the tree's 'target' entry, else 'params', else
 the whole tree.
+
+This project's own step folders (`<model_dir>/checkpoints/<step>/`, engine/checkpoints.py) hold
+the trained parameters in a 'params' item and, when the run saved them, the frozen rest in a
+'frozen' item; `open_step_folder` reads them as one checkpoint, so a fine-tuned run's step can be
+the frozen base of a later run.
 """
 from __future__ import annotations
 
@@ -56,6 +61,18 @@ def item_directory(path: str) -> str:
   if os.path.isdir(candidate) and not os.path.exists(os.path.join(path, "_METADATA")):
     return candidate
   return path
+
+
+# The parameter items of this project's step folders (engine/checkpoints.py), trained first.
+OWN_PARAMETER_ITEMS = ("params", "frozen")
+
+
+def own_parameter_items(path: str) -> list:
+  """The parameter item folders of one of this project's step folders ([] for anything else)."""
+  if os.path.exists(os.path.join(path, ITEM_NAME)) or os.path.exists(os.path.join(path, "_METADATA")):
+    return []
+  return [os.path.join(path, name) for name in OWN_PARAMETER_ITEMS
+          if os.path.exists(os.path.join(path, name, "_METADATA"))]
 
 
 def _metadata_tree(directory: str) -> Any:
@@ -135,3 +152,44 @@ class OrbaxReader(base.CheckpointReader):
             for name, r in requests.items()}
     restored = self._restore(item, args)
     return {name: restored[name] for name in requests}
+
+
+class MergedReader(base.CheckpointReader):
+  """Several readers whose arrays are disjoint, read as one checkpoint (a step's items)."""
+
+  format_name = "orbax"
+
+  def __init__(self, path: str, readers: list):
+    self.path = os.path.abspath(path)
+    self._owner: Dict[str, base.CheckpointReader] = {}
+    for reader in readers:
+      for name in reader.entries():
+        if name in self._owner:
+          raise ValueError(f"Checkpoint {path}: {name!r} is in both {self._owner[name].path} and "
+                           f"{reader.path}.")
+        self._owner[name] = reader
+    self._readers = readers
+
+  def entries(self) -> Mapping[str, base.ArrayInfo]:
+    return {name: info for reader in self._readers for name, info in reader.entries().items()}
+
+  def read(self, name: str, index: Optional[base.Index] = None) -> np.ndarray:
+    return self._owner[name].read(name, index)
+
+  def load(self, requests: Mapping[str, base.LoadRequest]) -> Dict[str, jax.Array]:
+    loaded: Dict[str, jax.Array] = {}
+    for reader in self._readers:
+      mine = {name: r for name, r in requests.items() if self._owner.get(name) is reader}
+      loaded.update(reader.load(mine))
+    return loaded
+
+
+def open_step_folder(path: str, *, section: Optional[str] = None) -> base.CheckpointReader:
+  """An orbax reader for `path`; this project's step folders read their items as one tree."""
+  items = own_parameter_items(os.path.abspath(path)) if os.path.isdir(path) else []
+  if not items:
+    return OrbaxReader(path, section=section)
+  if section not in (None, "target", "params"):
+    raise ValueError(f"Step folder {path} holds parameters only (items {OWN_PARAMETER_ITEMS}); "
+                     f"it has no section {section!r}.")
+  return MergedReader(path, [OrbaxReader(item) for item in items])
