@@ -113,3 +113,39 @@ def test_gated_mlp_keeps_t5x_parameter_paths_and_equals_separate_products():
   for name in ("wi_0", "wi_1", "wo"):
     np.testing.assert_allclose(grads[name]["kernel"], manual[name]["kernel"], rtol=1e-4,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("argnums", [(0,), (1,), (2,), (1, 2), (0, 1, 2)])
+def test_stacked_matmul_gradients_of_any_input_subset_match_separate_products(argnums):
+  """The hand-written backward pass (separate products, kernel gradients only when trained)."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 4)
+  x = jax.random.normal(keys[0], (2, 5, 8))
+  w0, w1 = jax.random.normal(keys[1], (8, 6)), jax.random.normal(keys[2], (8, 6))
+  weights = jax.random.normal(keys[3], (2, 5, 6))
+
+  def loss(x, w0, w1, product):
+    a, b = product(x, [w0, w1])
+    return jnp.sum(jnp.tanh(a) * b * weights)
+
+  stacked = lambda x, ks: layers.stacked_matmul(x, ks, jnp.float32)
+  separate = lambda x, ks: [x @ k for k in ks]
+  got = jax.grad(loss, argnums)(x, w0, w1, stacked)
+  want = jax.grad(loss, argnums)(x, w0, w1, separate)
+  for g, w in zip(got, want):
+    assert g.shape == w.shape and float(jnp.abs(w).max()) > 0.1
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5)
+
+
+def test_stacked_matmul_with_one_output_unused_and_in_bfloat16():
+  keys = jax.random.split(jax.random.PRNGKey(4), 3)
+  x = jax.random.normal(keys[0], (3, 8))
+  w0, w1 = jax.random.normal(keys[1], (8, 6)), jax.random.normal(keys[2], (8, 6))
+  # Only the second product reaches the loss: d/dx sum(x @ w1) = row sums of w1.
+  d_x = jax.grad(lambda x: jnp.sum(layers.stacked_matmul(x, [w0, w1], jnp.float32)[1]))(x)
+  np.testing.assert_allclose(d_x, jnp.broadcast_to(w1.sum(1), x.shape), rtol=1e-5, atol=1e-5)
+  outputs = layers.stacked_matmul(x, [w0, w1], jnp.bfloat16)
+  assert all(o.dtype == jnp.bfloat16 for o in outputs)
+  d_x16 = jax.grad(lambda x: jnp.sum(
+      layers.stacked_matmul(x, [w0, w1], jnp.bfloat16)[0].astype(jnp.float32)))(x)
+  assert d_x16.dtype == jnp.float32  # the cast back to the input's dtype is differentiated too
+  np.testing.assert_allclose(d_x16, jnp.broadcast_to(w0.sum(1), x.shape), rtol=2e-2, atol=5e-2)
