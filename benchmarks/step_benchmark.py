@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import flops as flops_lib
@@ -63,6 +64,21 @@ def _build_ours(shape, methods: Sequence[str]) -> Dict[str, Any]:
   return steps
 
 
+def _set_gpu_float32_matmuls(framework: str, mode: str) -> None:
+  """Both frameworks' float32 GPU matmuls in one mode: 'ieee' (full float32) or 'tf32'.
+
+  Their defaults differ (XLA:GPU may use TF32 for float32 dots, PyTorch does not), which would
+  compare different arithmetic under one dtype name.
+  """
+  if framework == "peft":
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_default_matmul_precision", "highest" if mode == "ieee" else "tensorfloat32")
+
+
 def _serve(job: Dict[str, Any], commands, replies) -> None:
   """Builds and warms up the job's methods, then runs the steps and peak samples it is sent.
 
@@ -71,6 +87,8 @@ def _serve(job: Dict[str, Any], commands, replies) -> None:
   """
   from prompt_tuning.engine import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.configure(job["host_allocator"])  # before JAX or PyTorch allocate anything
+  if job["device"] == "gpu":
+    _set_gpu_float32_matmuls(job["framework"], job["gpu_float32"])
   from benchmarks import jax_steps, measure  # pylint: disable=g-import-not-at-top
   shape = shapes_lib.get_shape(job["shape"])
   methods, threads = job["methods"], job["threads"]
@@ -152,23 +170,33 @@ class _Worker:
     return result
 
 
+def _progress(message: str) -> None:
+  """A line on stderr, so a long run (or one cut off by a time limit) shows how far it got."""
+  print(message, file=sys.stderr, flush=True)
+
+
 def run_shape(shape_name: str, methods: Sequence[str], *, warmup: int, steps: int, threads: int,
               peak_size: int, host_allocator: str = "reuse", peft_host_allocator: str = "system",
-              device: str = "cpu") -> Dict[str, Any]:
+              device: str = "cpu", gpu_float32: str = "ieee") -> Dict[str, Any]:
   """Times every method of one shape; returns per-method timings, memory and matmul peaks."""
   allocators = {"ours": host_allocator, "peft": peft_host_allocator}
   workers = {}
+  start = time.perf_counter()
   for framework in ("peft", "ours"):  # PEFT warms up first, on a machine not yet loaded by us
     mine = [m for m in methods if METHODS[m][0] == framework]
     if mine:
       workers[framework] = _Worker({
           "framework": framework, "shape": shape_name, "methods": mine, "warmup": warmup,
           "threads": threads, "peak_size": peak_size, "host_allocator": allocators[framework],
-          "device": device})
+          "device": device, "gpu_float32": gpu_float32})
+      _progress(f"{shape_name}: {framework} worker built and warmed up {', '.join(mine)} "
+                f"({time.perf_counter() - start:.0f} s)")
   timings = {m: {"wall_s": [], "cpu_s": []} for m in methods}
   peak_names = {f"{METHODS[m][0]}-{METHODS[m][1]}": METHODS[m][0] for m in methods}
   try:
-    for _ in range(steps):
+    for round_index in range(steps):
+      _progress(f"{shape_name}: round {round_index + 1}/{steps} "
+                f"({time.perf_counter() - start:.0f} s)")
       for method in methods:
         reply = workers[METHODS[method][0]].ask({"step": method})
         timings[method]["wall_s"].append(reply["wall_s"])
@@ -276,6 +304,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="C allocator policy of the PEFT worker")
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                       help="where both frameworks run (gpu: JAX on CUDA, PyTorch on cuda:0)")
+  parser.add_argument("--gpu_float32", choices=("ieee", "tf32"), default="ieee",
+                      help="float32 matmul arithmetic of both frameworks with --device gpu")
   parser.add_argument("--quick", action="store_true",
                       help="tiny shape, one timed step, small peak matmul: checks the plumbing")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -303,8 +333,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     result = run_shape(shape_name, args.methods, warmup=args.warmup, steps=args.steps,
                        threads=args.threads, peak_size=args.peak_size,
                        host_allocator=args.host_allocator,
-                       peft_host_allocator=args.peft_host_allocator, device=args.device)
+                       peft_host_allocator=args.peft_host_allocator, device=args.device,
+                       gpu_float32=args.gpu_float32)
     print(format_peaks(shape_name, result["peaks"], result["host_allocators"]), flush=True)
+    if args.device == "gpu":
+      print(f"GPU float32 matmuls of both frameworks: {args.gpu_float32}", flush=True)
     for method in args.methods:
       framework, dtype, _ = METHODS[method]
       peak = result["peaks"].get(f"{framework}-{dtype}", [None])[0]

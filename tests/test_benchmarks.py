@@ -96,3 +96,26 @@ def test_quick_run_prints_one_well_formed_row_per_method():
 def test_bad_arguments_stop_with_one_clear_sentence(argv, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     step_benchmark.parse_args(argv)
+
+
+@pytest.mark.parametrize("mode, jax_precision, torch_tf32", [("ieee", "highest", False),
+                                                             ("tf32", "tensorfloat32", True)])
+def test_gpu_float32_mode_sets_both_frameworks_alike(mode, jax_precision, torch_tf32):
+  """`--gpu_float32` gives JAX and PyTorch the same float32 matmul arithmetic."""
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.jax_default_matmul_precision
+  try:
+    step_benchmark._set_gpu_float32_matmuls("ours", mode)  # pylint: disable=protected-access
+    assert jax.config.jax_default_matmul_precision == jax_precision
+  finally:
+    jax.config.update("jax_default_matmul_precision", old)
+  if HAS_PEFT:
+    import torch  # pylint: disable=g-import-not-at-top
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+      step_benchmark._set_gpu_float32_matmuls("peft", mode)  # pylint: disable=protected-access
+      assert torch.backends.cuda.matmul.allow_tf32 is torch_tf32
+      assert torch.backends.cudnn.allow_tf32 is torch_tf32
+    finally:
+      torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+  assert step_benchmark.parse_args(["--gpu_float32", mode]).gpu_float32 == mode
