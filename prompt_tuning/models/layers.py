@@ -261,6 +261,16 @@ def _heads_major(x: jax.Array) -> jax.Array:
   return jnp.transpose(x, (0, 2, 1, 3))  # [b, l, h, d] <-> [b, h, l, d]
 
 
+def _from_transposed(x: jax.Array) -> jax.Array:
+  """`[b, h, d, k]` -> `[b, k, h, d]`.
+
+  The key and value gradients contract over the queries; XLA:CPU runs that product fastest
+  with the small operand first, giving `[b, h, d, k]` (about 9.5 ms against 12-13.5 ms for
+  `[b, h, k, d]` at T5 small's encoder shapes), and the transpose back is needed either way.
+  """
+  return jnp.transpose(x, (0, 3, 1, 2))
+
+
 def _attention_forward(query, key, value, bias, keep):
   """Returns the output `[b, q, h, d]` and the intermediates a backward pass may need."""
   dtype = query.dtype
@@ -319,9 +329,8 @@ def _attention_backward(bias_shape, residuals, grad):
     applied = r["weights"] if keep is None else r["weights"] * keep
   d_value = None
   if r["need_value"] is not None:
-    d_value = jnp.einsum("bhqk,bhqd->bhkd", applied.astype(dtype), grad_h,
-                         preferred_element_type=jnp.float32)
-    d_value = _heads_major(d_value).astype(dtype)
+    d_value = _from_transposed(jnp.einsum("bhqd,bhqk->bhdk", grad_h, applied.astype(dtype),
+                                          preferred_element_type=jnp.float32)).astype(dtype)
   if r["v"] is None:  # neither query, key nor bias needs the logits' gradient
     return None, None, d_value, None, d_keep
   # Softmax backward needs rowsum(dWeights * weights), which equals rowsum(dOut * out): one
@@ -338,8 +347,8 @@ def _attention_backward(bias_shape, residuals, grad):
                          preferred_element_type=jnp.float32)
     d_query = _heads_major(d_query).astype(dtype)
   if r["q"] is not None:
-    d_key = jnp.einsum("bhqk,bhqd->bhkd", d_logits_c, r["q"], preferred_element_type=jnp.float32)
-    d_key = _heads_major(d_key).astype(dtype)
+    d_key = _from_transposed(jnp.einsum("bhqd,bhqk->bhdk", r["q"], d_logits_c,
+                                        preferred_element_type=jnp.float32)).astype(dtype)
   if r["need_bias"] is not None:
     summed = tuple(i for i, n in enumerate(bias_shape) if n == 1 and d_logits.shape[i] != 1)
     d_bias = jnp.sum(d_logits, axis=summed, keepdims=True) if summed else d_logits
