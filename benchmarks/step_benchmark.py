@@ -45,7 +45,7 @@ METHODS = {
 DEFAULT_METHODS = ("ours-fp32-prompt", "ours-bf16-prompt", "ours-fp32-full", "peft-fp32-prompt")
 REPLY_MARKER = "BENCHMARK_REPLY "  # worker lines the driver reads; anything else is library noise
 COLUMNS = ("shape", "method", "s/step", "steps/s", "tokens/s", "GFLOP/s", "MFU %",
-           "cpu s/step", "RSS growth MB", "XLA MB", "vs PEFT")
+           "cpu s/step", "RSS growth MB", "XLA MB", "vs PEFT", "paired vs PEFT")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,22 +245,35 @@ def _megabytes(value: Optional[float]) -> str:
   return f"{value / 2**20:.1f}" if value < 10 * 2**20 else f"{value / 2**20:.0f}"
 
 
+def paired_ratio(baseline: Row, row: Row) -> float:
+  """Median over rounds of baseline step time / row step time.
+
+  Both steps of a round ran back to back, under the same background load, so this ratio moves
+  less with a shared machine's load than the ratio of the two best steps does.
+  """
+  ratios = sorted(b / r for b, r in zip(baseline.result["wall_s"], row.result["wall_s"]))
+  middle = len(ratios) // 2
+  return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+
+
 def format_table(rows: Sequence[Row]) -> str:
   """One line per row; columns as in `COLUMNS`."""
   # Each row is compared with PEFT's prompt-tuning step at the same shape and compute dtype.
-  baselines = {(row.shape.name, METHODS[row.method][1]): row.seconds for row in rows
-               if METHODS[row.method][0] == "peft" and not METHODS[row.method][2]}
+  baseline_rows = {(row.shape.name, METHODS[row.method][1]): row for row in rows
+                   if METHODS[row.method][0] == "peft" and not METHODS[row.method][2]}
   lines = []
   for row in rows:
     rate = row.flops / row.seconds
-    baseline = baselines.get((row.shape.name, METHODS[row.method][1]))
+    baseline_row = baseline_rows.get((row.shape.name, METHODS[row.method][1]))
+    baseline = None if baseline_row is None else baseline_row.seconds
     lines.append((
         row.shape.name, row.method, f"{row.seconds:.4g}", f"{1 / row.seconds:.4g}",
         f"{row.shape.tokens_per_step / row.seconds:.0f}", f"{rate / 1e9:.4g}",
         f"{100 * rate / row.peak_flops:.3g}" if row.peak_flops else "-",
         f"{min(row.result['cpu_s']):.4g}", _megabytes(row.result["rss_growth_bytes"]),
         _megabytes(row.result["xla_bytes"]),
-        "-" if baseline is None else f"{baseline / row.seconds:.2f}x"))
+        "-" if baseline is None else f"{baseline / row.seconds:.2f}x",
+        "-" if baseline_row is None else f"{paired_ratio(baseline_row, row):.2f}x"))
   widths = [max(len(str(cells[i])) for cells in [COLUMNS] + lines) for i in range(len(COLUMNS))]
   render = lambda cells: " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
   return "\n".join([render(COLUMNS), "-+-".join("-" * w for w in widths)]

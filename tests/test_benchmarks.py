@@ -80,12 +80,13 @@ def test_quick_run_prints_one_well_formed_row_per_method():
   by_method = {row[1]: row for row in rows}
   assert float(by_method["ours-fp32-prompt"][9]) > 0  # XLA's memory analysis is reported
   if HAS_PEFT:
-    assert by_method["peft-fp32-prompt"][10] == "1.00x"
+    assert by_method["peft-fp32-prompt"][10] == "1.00x" == by_method["peft-fp32-prompt"][11]
+    assert float(by_method["ours-fp32-prompt"][11].rstrip("x")) > 0
     ratio = float(by_method["ours-fp32-prompt"][10].rstrip("x"))
     peft_s, ours_s = float(by_method["peft-fp32-prompt"][2]), float(by_method["ours-fp32-prompt"][2])
     assert ratio == pytest.approx(peft_s / ours_s, rel=0.05)
   else:
-    assert by_method["ours-fp32-prompt"][10] == "-"
+    assert by_method["ours-fp32-prompt"][10] == "-" == by_method["ours-fp32-prompt"][11]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -119,3 +120,13 @@ def test_gpu_float32_mode_sets_both_frameworks_alike(mode, jax_precision, torch_
     finally:
       torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
   assert step_benchmark.parse_args(["--gpu_float32", mode]).gpu_float32 == mode
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+  shape = shapes.get_shape("tiny")
+  row = lambda method, walls: step_benchmark.Row(shape, method, {"wall_s": walls}, None)
+  peft = row("peft-fp32-prompt", [2.0, 3.0, 2.2, 2.0])
+  ours = row("ours-fp32-prompt", [1.0, 3.0, 2.0, 1.6])  # round ratios 2.0, 1.0, 1.1, 1.25
+  assert step_benchmark.paired_ratio(peft, ours) == pytest.approx((1.1 + 1.25) / 2)
+  assert step_benchmark.paired_ratio(peft, row("ours-fp32-prompt", [1.0, 1.5, 1.1])) == \
+      pytest.approx(2.0)  # odd count: the middle one of 2.0, 2.0, 2.0
