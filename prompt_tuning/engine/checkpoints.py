@@ -35,7 +35,10 @@ from etils import epath
 from prompt_tuning.engine.train_state import TrainState
 
 FORMAT_VERSION = 1
-BASE_CHECKPOINT_FORMATS = ("t5x", "orbax", "hf_safetensors")
+# The format names of `checkpoint_import` (and of `--gin.RESTORE_FORMAT`-style bindings).
+BASE_CHECKPOINT_FORMATS = ("t5x", "orbax", "hf")
+# Names earlier versions recorded, read as today's.
+_FORMERLY = {"hf_safetensors": "hf"}
 _COMMIT_MARKER = "commit_success.txt"
 
 
@@ -45,13 +48,15 @@ class BaseCheckpoint:
 
   Attributes:
     path: directory or file of the base model checkpoint.
-    format: 't5x' (legacy msgpack + zarr), 'orbax', or 'hf_safetensors'.
+    format: 't5x' (legacy msgpack + zarr), 'orbax', or 'hf' (safetensors); the names
+      `checkpoint_import` uses ('hf_safetensors', recorded by earlier versions, reads as 'hf').
   """
 
   path: str
   format: str
 
   def __post_init__(self):
+    object.__setattr__(self, "format", _FORMERLY.get(self.format, self.format))
     if self.format not in BASE_CHECKPOINT_FORMATS:
       raise ValueError(
           f"Unknown base checkpoint format {self.format!r}; expected one of "

@@ -163,7 +163,7 @@ def _is_run_step_dir(path: str) -> bool:
 
 
 def base_checkpoint_record(restore: RestoreConfig) -> Optional[checkpoints_lib.BaseCheckpoint]:
-  """How a run's checkpoints name their frozen base (format spelled as the manager wants)."""
+  """How a run's checkpoints name their frozen base (path and resolved format)."""
   if restore.path is None:
     return None
   fmt = restore.format
@@ -171,8 +171,7 @@ def base_checkpoint_record(restore: RestoreConfig) -> Optional[checkpoints_lib.B
     fmt = "orbax"
   elif fmt == "auto":
     fmt = checkpoint_import.detect_format(restore.path)
-  return checkpoints_lib.BaseCheckpoint(
-      path=restore.path, format={"hf": "hf_safetensors"}.get(fmt, fmt))
+  return checkpoints_lib.BaseCheckpoint(path=restore.path, format=fmt)
 
 
 def import_base(*, restore: RestoreConfig, abstract_params: Any, shardings: Any) -> Dict[str, Any]:

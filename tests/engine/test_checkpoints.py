@@ -164,6 +164,14 @@ def test_a_saved_step_folder_imports_as_one_checkpoint(tmp_path):
     checkpoint_import.import_checkpoint(str(tmp_path / "small" / "3"), abstract_params=abstract)
 
 
+def test_base_checkpoint_formats_are_the_importer_names():
+  from prompt_tuning.engine import checkpoint_import  # pylint: disable=g-import-not-at-top
+  assert set(checkpoints.BASE_CHECKPOINT_FORMATS) == set(checkpoint_import.FORMATS)
+  assert checkpoints.BaseCheckpoint(path="/m", format="hf_safetensors").format == "hf"
+  with pytest.raises(ValueError, match="Unknown base checkpoint format 'gguf'"):
+    checkpoints.BaseCheckpoint(path="/m", format="gguf")
+
+
 def test_asking_a_small_checkpoint_for_frozen_params_names_the_base(tmp_path):
   state, frozen = _initial()
   with checkpoints.CheckpointManager(directory=tmp_path, base_checkpoint=BASE) as manager:
