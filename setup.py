@@ -12,7 +12,7 @@ from setuptools.command.build_py import build_py
 # The gin library lives at the repository root (`gin/`), where `include 'gin/...'` lines find it
 # from a checkout. A wheel has no repository root, so the build copies the tree into the package
 # (`prompt_tuning/bundled/gin/`), and the gin search path adds `prompt_tuning/bundled`.
-GIN_SOURCE = "gin"
+HERE = os.path.dirname(os.path.abspath(__file__))
 GIN_BUNDLE = os.path.join("prompt_tuning", "bundled")
 
 
@@ -23,9 +23,10 @@ class BuildPyWithGin(build_py):
     super().run()
     if getattr(self, "editable_mode", False):
       return  # an editable install reads `gin/` from the checkout itself
-    target = os.path.join(self.build_lib, GIN_BUNDLE, GIN_SOURCE)
+    target = os.path.join(self.build_lib, GIN_BUNDLE, "gin")
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(GIN_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(os.path.join(HERE, "gin"), target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 CORE = [
     "jax==0.10.2",
