@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import flax
@@ -162,42 +161,33 @@ def _is_run_step_dir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "run"))
 
 
+def _base_format(restore: RestoreConfig) -> str:
+  """The base's format: our own step folders are orbax whatever `restore.format` says."""
+  if _is_run_step_dir(restore.path):
+    return "orbax"
+  if restore.format == "auto":
+    return checkpoint_import.detect_format(restore.path)
+  return restore.format
+
+
 def base_checkpoint_record(restore: RestoreConfig) -> Optional[checkpoints_lib.BaseCheckpoint]:
   """How a run's checkpoints name their frozen base (path and resolved format)."""
   if restore.path is None:
     return None
-  fmt = restore.format
-  if _is_run_step_dir(restore.path):
-    fmt = "orbax"
-  elif fmt == "auto":
-    fmt = checkpoint_import.detect_format(restore.path)
-  return checkpoints_lib.BaseCheckpoint(path=restore.path, format=fmt)
+  return checkpoints_lib.BaseCheckpoint(path=restore.path, format=_base_format(restore))
 
 
 def import_base(*, restore: RestoreConfig, abstract_params: Any, shardings: Any) -> Dict[str, Any]:
-  """Reads the base into `shardings`; returns a flat dict with None for absent parameters."""
+  """Reads the base into `shardings`; returns a flat dict with None for absent parameters.
+
+  One of our own step folders is read through the orbax importer, which takes its `params` and
+  `frozen` items together (`importers/orbax_reader.open_step_folder`).
+  """
   if restore.path is None:
     raise ValueError("import_base needs RestoreConfig.path.")
-  if not _is_run_step_dir(restore.path):
-    return _flat(checkpoint_import.import_checkpoint(
-        restore.path, abstract_params=abstract_params, shardings=shardings,
-        format=restore.format, dtype=restore.dtype, allow_missing=restore.allow_missing))
-  # One of our own steps: trainable parameters in params/, the rest (if saved) in frozen/.
-  merged: Dict[str, Any] = {}
-  for item in ("params", "frozen"):
-    item_path = os.path.join(restore.path, item)
-    if not os.path.isdir(item_path):
-      continue
-    part = _flat(checkpoint_import.import_checkpoint(
-        item_path, abstract_params=abstract_params, shardings=shardings, format="orbax",
-        dtype=restore.dtype, allow_missing=".*"))
-    merged.update({k: v for k, v in part.items() if v is not None or k not in merged})
-  pattern = re.compile(restore.allow_missing) if restore.allow_missing else None
-  missing = [k for k, v in merged.items() if v is None and not (pattern and pattern.search(k))]
-  if missing:
-    raise ValueError(f"Parameter '{missing[0]}' is missing from checkpoint {restore.path} and "
-                     f"does not match allow_missing={restore.allow_missing!r}.")
-  return merged
+  return _flat(checkpoint_import.import_checkpoint(
+      restore.path, abstract_params=abstract_params, shardings=shardings,
+      format=_base_format(restore), dtype=restore.dtype, allow_missing=restore.allow_missing))
 
 
 def _init_selected(*, init_fn, rng, names: Sequence[str], flat_shardings, mesh, rules):

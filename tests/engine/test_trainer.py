@@ -91,6 +91,29 @@ def test_full_fine_tuning_trains_every_parameter_and_reduces_loss(base):
   assert "token_embedder" in result.state.params and "decoder" in result.state.params
 
 
+def test_a_run_step_folder_is_a_base_like_its_params_item(base):
+  """INITIAL_CHECKPOINT_PATH may name the step folder itself; the importer reads its items."""
+  _, params_dir = base
+  step_dir = os.path.dirname(params_dir)
+  entries = checkpoint_import.open_checkpoint(params_dir).entries()
+  abstract = {}
+  for name, info in entries.items():
+    node = abstract
+    *parents, leaf = name.split("/")
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = jax.ShapeDtypeStruct(info.shape, info.dtype)
+  record = trainer.base_checkpoint_record(trainer.RestoreConfig(path=step_dir, format="t5x"))
+  assert record.format == "orbax"  # our own step folders are orbax whatever the binding says
+  from_step = trainer.import_base(restore=trainer.RestoreConfig(path=step_dir),
+                                  abstract_params=abstract, shardings=None)
+  from_item = trainer.import_base(restore=trainer.RestoreConfig(path=params_dir),
+                                  abstract_params=abstract, shardings=None)
+  assert len(from_step) == len(entries) > 10
+  for name, value in from_item.items():
+    np.testing.assert_array_equal(np.asarray(from_step[name]), np.asarray(value))
+
+
 def test_prompt_tuning_leaves_every_frozen_parameter_bit_identical(base, prompt_run):
   result, _ = prompt_run
   restored_base = flat({k: v for k, v in checkpoint_import.import_checkpoint(
