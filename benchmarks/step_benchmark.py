@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,8 @@ def _set_gpu_float32_matmuls(framework: str, mode: str) -> None:
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
   else:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_default_matmul_precision", "highest" if mode == "ieee" else "tensorfloat32")
+    precision = "highest" if mode == "ieee" else "tensorfloat32"
+    jax.config.update("jax_default_matmul_precision", precision)
 
 
 def _serve(job: Dict[str, Any], commands, replies) -> None:
@@ -251,9 +253,7 @@ def paired_ratio(baseline: Row, row: Row) -> float:
   Both steps of a round ran back to back, under the same background load, so this ratio moves
   less with a shared machine's load than the ratio of the two best steps does.
   """
-  ratios = sorted(b / r for b, r in zip(baseline.result["wall_s"], row.result["wall_s"]))
-  middle = len(ratios) // 2
-  return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+  return statistics.median(b / r for b, r in zip(baseline.result["wall_s"], row.result["wall_s"]))
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -17,7 +17,8 @@ import pytest
 from prompt_tuning import smoke
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "prompt_tuning", "tasks", "gin"]
+SOURCES = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "prompt_tuning", "tasks",
+           "gin"]
 
 
 def _repo_gin_files():
@@ -38,8 +39,8 @@ def installed(tmp_path_factory):
       source.mkdir(exist_ok=True)
       shutil.copy2(src, source / name)
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-  subprocess.run(pip + ["wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
-                 check=True, capture_output=True, text=True)
+  subprocess.run(pip + ["wheel", str(source), "--no-deps", "--no-build-isolation",
+                        "-w", str(wheels)], check=True, capture_output=True, text=True)
   wheel = next(wheels.glob("prompt_tuning-*.whl"))
   subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
                  check=True, capture_output=True, text=True)

@@ -69,7 +69,7 @@ OWN_PARAMETER_ITEMS = ("params", "frozen")
 
 def own_parameter_items(path: str) -> list:
   """The parameter item folders of one of this project's step folders ([] for anything else)."""
-  if os.path.exists(os.path.join(path, ITEM_NAME)) or os.path.exists(os.path.join(path, "_METADATA")):
+  if any(os.path.exists(os.path.join(path, name)) for name in (ITEM_NAME, "_METADATA")):
     return []
   return [os.path.join(path, name) for name in OWN_PARAMETER_ITEMS
           if os.path.exists(os.path.join(path, name, "_METADATA"))]
