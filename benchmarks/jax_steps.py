@@ -7,7 +7,9 @@ Both steps are the library's `make_train_step` over `EncoderDecoderModel.loss_fn
   * full fine-tuning: every parameter (prompt included) is trainable, with T5's fine-tuning
     Adafactor settings (parameter-scale multiplication, learning rate 1e-3).
 The step is compiled ahead of time so that compilation is never timed and XLA's memory analysis
-of the exact executable can be reported.
+of the exact executable can be reported. Given a mesh (e.g. a CPU host split into several devices
+with `--host_devices`), the step runs data-parallel as the trainer runs it: the batch split over
+the mesh's data axis, parameters and optimizer state replicated.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from benchmarks.shapes import BenchShape
-from prompt_tuning.engine import optimizers, train_state
+from prompt_tuning.engine import optimizers, partitioning, train_state
 from prompt_tuning.engine.models import EncoderDecoderModel
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.prompts import hooks, providers
@@ -28,10 +31,10 @@ from prompt_tuning.prompts import hooks, providers
 
 @dataclasses.dataclass
 class CompiledStep:
-  """A step that can be run repeatedly; `run()` executes one step and waits for it."""
+  """A step that can be run repeatedly; `run()` executes one step, waits, returns its metrics."""
 
-  run: Callable[[], None]
-  xla_bytes: Optional[int]  # arguments + outputs + temporaries, from XLA's memory analysis
+  run: Callable[[], Any]
+  xla_bytes: Optional[int]  # arguments + outputs + temporaries over all devices, from XLA
 
 
 def random_batch(shape: BenchShape, seed: int = 0) -> dict[str, np.ndarray]:
@@ -55,15 +58,16 @@ def _model(shape: BenchShape, dtype: str) -> EncoderDecoderModel:
   return EncoderDecoderModel(module)
 
 
-def _memory_bytes(compiled) -> Optional[int]:
+def _memory_bytes(compiled, num_devices: int) -> Optional[int]:
+  """XLA's accounting of one device's program, times the devices that each run a copy."""
   try:
     stats = compiled.memory_analysis()
   except Exception:  # Not every backend reports it; the benchmark then shows RSS only.
     return None
   if stats is None:
     return None
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return num_devices * int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+                           + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
 def random_params(shape: BenchShape, seed: int = 0) -> dict:
@@ -120,22 +124,44 @@ def make_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
   return step_fn, state, frozen, batch
 
 
+def data_parallel_mesh(num_devices: int) -> Mesh:
+  """The trainer's default mesh (all devices on the data axis) over the first `num_devices`."""
+  devices = jax.devices()
+  if num_devices > len(devices):
+    raise ValueError(f"A {num_devices}-device mesh was asked for but JAX has {len(devices)} "
+                     "device(s); on a CPU host, split it with --host_devices.")
+  return partitioning.MeshConfig().make_mesh(devices=devices[:num_devices])
+
+
 def build_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
-               params: Optional[dict] = None,
+               params: Optional[dict] = None, mesh: Optional[Mesh] = None,
                compiler_options: Optional[dict[str, Any]] = None) -> CompiledStep:
   """Compiles one prompt-tuning or full fine-tuning step of a random model (see `make_step`).
 
-  `compiler_options` are XLA options for this compilation only (e.g. CPU flags under test),
-  named as in `XLA_FLAGS` without the leading dashes.
+  With `mesh`, the batch is split over its data axis and everything else is replicated (the
+  benchmarked models have no model-parallel axis). `compiler_options` are XLA options for this
+  compilation only (e.g. CPU flags under test), named as in `XLA_FLAGS` without the dashes.
   """
   step_fn, state, frozen, batch = make_step(shape, dtype=dtype, full_finetune=full_finetune,
                                             params=params)
-  jitted = jax.jit(step_fn, donate_argnums=(0,))
+  if mesh is None:
+    jitted = jax.jit(step_fn, donate_argnums=(0,))
+  else:
+    if shape.batch % mesh.size:
+      raise ValueError(f"Batch {shape.batch} of shape {shape.name!r} does not split over "
+                       f"{mesh.size} devices.")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    split = partitioning.batch_sharding(mesh=mesh)
+    state, frozen = jax.device_put((state, frozen), replicated)
+    batch = jax.device_put(batch, split)
+    jitted = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, replicated, split),
+                     out_shardings=(replicated, replicated))
   compiled = jitted.lower(state, frozen, batch).compile(compiler_options=compiler_options)
   holder = {"state": state}
 
-  def run() -> None:
+  def run() -> Any:
     holder["state"], metrics = compiled(holder["state"], frozen, batch)
-    jax.block_until_ready((holder["state"], metrics))
+    return jax.block_until_ready((holder["state"], metrics))[1]
 
-  return CompiledStep(run=run, xla_bytes=_memory_bytes(compiled))
+  num_devices = 1 if mesh is None else mesh.size
+  return CompiledStep(run=run, xla_bytes=_memory_bytes(compiled, num_devices))

@@ -13,6 +13,11 @@ one matmul-peak sample per framework and dtype, while the other worker waits idl
 peaks thus see the same background load. See benchmarks/README.md for the columns and how
 FLOPs are counted.
 
+Host devices: `--host_devices N` splits our worker's CPU host into N XLA devices and runs our
+steps data-parallel over them, as `python -m prompt_tuning.train --host_cpu_devices=N` trains
+(see `prompt_tuning/engine/host_devices.py`). The default, 1, runs them on one device. PEFT
+always runs as one PyTorch process with `--threads` intra-op threads.
+
 Host allocator: our worker uses `--host_allocator` (default `reuse`, as the train/eval/infer
 entry points do; see `prompt_tuning/engine/host_memory.py`); the PEFT worker uses
 `--peft_host_allocator` (default `system`: PEFT as its users run it). Pass
@@ -54,14 +59,21 @@ COLUMNS = ("shape", "method", "s/step", "steps/s", "tokens/s", "GFLOP/s", "MFU %
 # time.
 
 
-def _build_ours(shape, methods: Sequence[str]) -> Dict[str, Any]:
-  """Compiles our steps; they share one set of parameters."""
+def _build_ours(shape, methods: Sequence[str], host_devices: int = 1) -> Dict[str, Any]:
+  """Compiles our steps; they share one set of parameters (one copy per device)."""
+  import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
   params = jax_steps.random_params(shape)
+  mesh = None
+  if host_devices > 1:
+    mesh = jax_steps.data_parallel_mesh(host_devices)
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh,
+                                                               jax.sharding.PartitionSpec()))
   steps = {}
   for method in methods:
     _, dtype, full = METHODS[method]
-    steps[method] = jax_steps.build_step(shape, dtype=dtype, full_finetune=full, params=params)
+    steps[method] = jax_steps.build_step(shape, dtype=dtype, full_finetune=full, params=params,
+                                         mesh=mesh)
   return steps
 
 
@@ -87,8 +99,11 @@ def _serve(job: Dict[str, Any], commands, replies) -> None:
   Commands: {"step": METHOD} -> {"wall_s", "cpu_s"}; {"peak": NAME} -> {"flops"};
   {"finish": true} -> memory figures and peaks, then the worker exits.
   """
-  from prompt_tuning.engine import host_memory  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import host_devices, host_memory
   host_memory.configure(job["host_allocator"])  # before JAX or PyTorch allocate anything
+  if job["framework"] == "ours" and job["device"] == "cpu":
+    host_devices.configure(job["host_devices"])  # before JAX starts its CPU backend
   if job["device"] == "gpu":
     _set_gpu_float32_matmuls(job["framework"], job["gpu_float32"])
   from benchmarks import jax_steps, measure  # pylint: disable=g-import-not-at-top
@@ -109,7 +124,7 @@ def _serve(job: Dict[str, Any], commands, replies) -> None:
                                             batch=jax_steps.random_batch(shape),
                                             device=job["device"]), None)
   else:
-    for method, step in _build_ours(shape, methods).items():
+    for method, step in _build_ours(shape, methods, job["host_devices"]).items():
       warm_up(method, step.run, step.xla_bytes)
   peaks = {}
   for dtype in sorted({METHODS[m][1] for m in methods}):
@@ -179,7 +194,8 @@ def _progress(message: str) -> None:
 
 def run_shape(shape_name: str, methods: Sequence[str], *, warmup: int, steps: int, threads: int,
               peak_size: int, host_allocator: str = "reuse", peft_host_allocator: str = "system",
-              device: str = "cpu", gpu_float32: str = "ieee") -> Dict[str, Any]:
+              device: str = "cpu", gpu_float32: str = "ieee",
+              host_devices: int = 1) -> Dict[str, Any]:
   """Times every method of one shape; returns per-method timings, memory and matmul peaks."""
   allocators = {"ours": host_allocator, "peft": peft_host_allocator}
   workers = {}
@@ -190,7 +206,7 @@ def run_shape(shape_name: str, methods: Sequence[str], *, warmup: int, steps: in
       workers[framework] = _Worker({
           "framework": framework, "shape": shape_name, "methods": mine, "warmup": warmup,
           "threads": threads, "peak_size": peak_size, "host_allocator": allocators[framework],
-          "device": device, "gpu_float32": gpu_float32})
+          "device": device, "gpu_float32": gpu_float32, "host_devices": host_devices})
       _progress(f"{shape_name}: {framework} worker built and warmed up {', '.join(mine)} "
                 f"({time.perf_counter() - start:.0f} s)")
   timings = {m: {"wall_s": [], "cpu_s": []} for m in methods}
@@ -281,12 +297,15 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def format_peaks(shape_name: str, peaks: Dict[str, Any],
-                 host_allocators: Optional[Dict[str, str]] = None) -> str:
+                 host_allocators: Optional[Dict[str, str]] = None, host_devices: int = 1) -> str:
   parts = [f"{name} {value / 1e9:.1f} (n={side})" for name, (value, side) in sorted(peaks.items())]
   allocators = ", ".join(f"{framework} {policy}"
                          for framework, policy in sorted((host_allocators or {}).items()))
+  setup = [f"host allocator: {allocators}"] if allocators else []
+  if host_devices > 1:
+    setup.append(f"our steps data-parallel over {host_devices} host CPU devices")
   return (f"Matmul peak GFLOP/s during the {shape_name} rows, best [n, n] @ [n, n]: "
-          + ", ".join(parts) + (f" (host allocator: {allocators})" if allocators else ""))
+          + ", ".join(parts) + (f" ({'; '.join(setup)})" if setup else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,6 +338,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="where both frameworks run (gpu: JAX on CUDA, PyTorch on cuda:0)")
   parser.add_argument("--gpu_float32", choices=("ieee", "tf32"), default="ieee",
                       help="float32 matmul arithmetic of both frameworks with --device gpu")
+  parser.add_argument("--host_devices", type=int, default=1,
+                      help="split our worker's CPU host into this many XLA devices and run our "
+                           "steps data-parallel over them (the batch must divide)")
   parser.add_argument("--quick", action="store_true",
                       help="tiny shape, one timed step, small peak matmul: checks the plumbing")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -328,6 +350,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args.shapes = _parse_list(args.shapes, shapes_lib.SHAPE_NAMES, "shapes")
   args.methods = list(METHODS) if args.methods == "all" else _parse_list(
       args.methods, tuple(METHODS), "methods")
+  if args.host_devices < 1:
+    raise ValueError(f"--host_devices must be >= 1, got {args.host_devices}.")
+  if args.host_devices > 1 and args.device != "cpu":
+    raise ValueError("--host_devices splits a CPU host; it cannot be used with --device gpu.")
+  for name in args.shapes:
+    batch = shapes_lib.get_shape(name).batch
+    if batch % args.host_devices:
+      raise ValueError(f"Batch {batch} of shape {name!r} does not split over "
+                       f"--host_devices={args.host_devices}.")
   if args.steps < 1 or args.warmup < 0:
     raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}.")
   return args
@@ -347,8 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                        threads=args.threads, peak_size=args.peak_size,
                        host_allocator=args.host_allocator,
                        peft_host_allocator=args.peft_host_allocator, device=args.device,
-                       gpu_float32=args.gpu_float32)
-    print(format_peaks(shape_name, result["peaks"], result["host_allocators"]), flush=True)
+                       gpu_float32=args.gpu_float32, host_devices=args.host_devices)
+    print(format_peaks(shape_name, result["peaks"], result["host_allocators"],
+                       args.host_devices), flush=True)
     if args.device == "gpu":
       print(f"GPU float32 matmuls of both frameworks: {args.gpu_float32}", flush=True)
     for method in args.methods:

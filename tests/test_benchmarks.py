@@ -4,12 +4,14 @@ The FLOP count that model FLOPs utilisation divides is checked against the matri
 actually traces for the same steps, and the script is run end to end on its tiny `--quick` shape.
 """
 import importlib.util
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from benchmarks import flops, jax_steps, shapes, step_benchmark
@@ -46,10 +48,10 @@ def test_flop_count_at_the_small_shape():
   assert 2.0 * forward < counted.prompt_step < 2.2 * forward
 
 
-def _run_quick(methods):
+def _run_quick(methods, *extra):
   done = subprocess.run(
       [sys.executable, "-m", "benchmarks.step_benchmark", "--quick", "--methods",
-       ",".join(methods)],
+       ",".join(methods), *extra],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout
@@ -93,6 +95,9 @@ def test_quick_run_prints_one_well_formed_row_per_method():
     (["--methods", "ours-fp64-prompt"], "Unknown methods ['ours-fp64-prompt']"),
     (["--shapes", "huge"], "Unknown shapes ['huge']"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--host_devices", "0"], "--host_devices must be >= 1"),
+    (["--shapes", "small", "--host_devices", "3"], "Batch 8 of shape 'small' does not split"),
+    (["--device", "gpu", "--host_devices", "2"], "cannot be used with --device gpu"),
 ])
 def test_bad_arguments_stop_with_one_clear_sentence(argv, message):
   with pytest.raises(ValueError, match=re.escape(message)):
@@ -130,3 +135,43 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
   assert step_benchmark.paired_ratio(peft, ours) == pytest.approx((1.1 + 1.25) / 2)
   assert step_benchmark.paired_ratio(peft, row("ours-fp32-prompt", [1.0, 1.5, 1.1])) == \
       pytest.approx(2.0)  # odd count: the middle one of 2.0, 2.0, 2.0
+
+
+# One step of the tiny model on one device and data-parallel over 2 host devices, from the same
+# parameters and batch; run in a fresh process because the device count must precede JAX.
+_DATA_PARALLEL_PROBE = """
+import json
+from prompt_tuning.engine import host_devices
+host_devices.configure(2)
+import jax
+import numpy as np
+from benchmarks import jax_steps, shapes
+shape = shapes.get_shape("tiny")
+params = jax_steps.random_params(shape)
+one = jax_steps.build_step(shape, dtype="float32", full_finetune=False, params=params)
+two = jax_steps.build_step(shape, dtype="float32", full_finetune=False, params=params,
+                           mesh=jax_steps.data_parallel_mesh(2))
+losses = [[float(step.run()["loss"]) for _ in range(3)] for step in (one, two)]
+print(json.dumps({"losses": losses, "devices": len(jax.devices()),
+                  "bytes": [one.xla_bytes, two.xla_bytes]}))
+"""
+
+
+def test_data_parallel_step_over_host_devices_matches_one_device():
+  done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_PROBE], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 2
+  one, two = result["losses"]
+  assert one[0] > one[2]  # the prompt trains: three steps lower the loss
+  np.testing.assert_allclose(two, one, rtol=1e-5)
+  # Each device holds the replicated parameters, so the process-wide figure is larger.
+  assert result["bytes"][1] > result["bytes"][0] > 0
+
+
+def test_quick_run_over_two_host_devices_says_so():
+  out = _run_quick(["ours-fp32-prompt"], "--host_devices", "2")
+  assert "our steps data-parallel over 2 host CPU devices" in out
+  row = next(line for line in out.splitlines() if line.lstrip().startswith("tiny |"))
+  assert float(row.split("|")[2]) > 0
