@@ -69,8 +69,10 @@ EXTRAS = {
 setuptools.setup(
     name="prompt_tuning",
     version="0.1.0",
-    description="Adapt frozen T5-family and decoder-only language models with learned prompts, in JAX/Flax.",
-    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
+    description=("Adapt frozen T5-family and decoder-only language models with learned prompts, "
+                 "in JAX/Flax."),
+    packages=setuptools.find_packages(
+        include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
     cmdclass={"build_py": BuildPyWithGin},
     python_requires=">=3.11",
     install_requires=CORE,

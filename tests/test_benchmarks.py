@@ -85,7 +85,8 @@ def test_quick_run_prints_one_well_formed_row_per_method():
     assert by_method["peft-fp32-prompt"][10] == "1.00x" == by_method["peft-fp32-prompt"][11]
     assert float(by_method["ours-fp32-prompt"][11].rstrip("x")) > 0
     ratio = float(by_method["ours-fp32-prompt"][10].rstrip("x"))
-    peft_s, ours_s = float(by_method["peft-fp32-prompt"][2]), float(by_method["ours-fp32-prompt"][2])
+    peft_s = float(by_method["peft-fp32-prompt"][2])
+    ours_s = float(by_method["ours-fp32-prompt"][2])
     assert ratio == pytest.approx(peft_s / ours_s, rel=0.05)
   else:
     assert by_method["ours-fp32-prompt"][10] == "-" == by_method["ours-fp32-prompt"][11]

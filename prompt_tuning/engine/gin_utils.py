@@ -61,11 +61,13 @@ def _register(fn_or_cls: Any, module: str, name: Optional[str] = None) -> None:
 def register_configurables() -> None:
   """Makes the library configurable from gin files (idempotent)."""
   # Imported here so that `import gin_utils` stays cheap for flag parsing.
-  import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.data import vocabularies  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.engine import data, models, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.models import config, decoder_only, t5  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.prompts import hooks, initializers, providers  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import seqio
+  from prompt_tuning.data import vocabularies
+  from prompt_tuning.engine import data, models, optimizers, partitioning, trainer
+  from prompt_tuning.models import config, decoder_only, t5
+  from prompt_tuning.prompts import hooks, initializers, providers
+  # pylint: enable=g-import-not-at-top
 
   for item in (t5.EncoderDecoder, decoder_only.DecoderOnly, config.get_config):
     _register(item, "network")
@@ -89,7 +91,8 @@ def register_configurables() -> None:
   _register(seqio.SentencePieceVocabulary, "seqio")
   _register(vocabularies.get_vocabulary, "vocabularies")
   # The entry points, so any run file parses whichever entry point reads it.
-  from prompt_tuning import eval as eval_lib, infer as infer_lib, train as train_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from prompt_tuning import eval as eval_lib, infer as infer_lib, train as train_lib
   for fn, name in ((train_lib.train, "train"), (eval_lib.evaluate, "evaluate"),
                    (infer_lib.infer, "infer")):
     configurable_entry(fn, name)
