@@ -133,6 +133,11 @@ def data_parallel_mesh(num_devices: int) -> Mesh:
   return partitioning.MeshConfig().make_mesh(devices=devices[:num_devices])
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with every array on each device of `mesh` (a no-op for arrays already there)."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def build_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
                params: Optional[dict] = None, mesh: Optional[Mesh] = None,
                compiler_options: Optional[dict[str, Any]] = None) -> CompiledStep:
@@ -152,7 +157,7 @@ def build_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
                        f"{mesh.size} devices.")
     replicated = NamedSharding(mesh, PartitionSpec())
     split = partitioning.batch_sharding(mesh=mesh)
-    state, frozen = jax.device_put((state, frozen), replicated)
+    state, frozen = replicate((state, frozen), mesh)
     batch = jax.device_put(batch, split)
     jitted = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, replicated, split),
                      out_shardings=(replicated, replicated))

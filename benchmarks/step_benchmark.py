@@ -61,14 +61,12 @@ COLUMNS = ("shape", "method", "s/step", "steps/s", "tokens/s", "GFLOP/s", "MFU %
 
 def _build_ours(shape, methods: Sequence[str], host_devices: int = 1) -> Dict[str, Any]:
   """Compiles our steps; they share one set of parameters (one copy per device)."""
-  import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps  # pylint: disable=g-import-not-at-top
   params = jax_steps.random_params(shape)
   mesh = None
   if host_devices > 1:
     mesh = jax_steps.data_parallel_mesh(host_devices)
-    params = jax.device_put(params, jax.sharding.NamedSharding(mesh,
-                                                               jax.sharding.PartitionSpec()))
+    params = jax_steps.replicate(params, mesh)  # once, so the steps share one copy per device
   steps = {}
   for method in methods:
     _, dtype, full = METHODS[method]

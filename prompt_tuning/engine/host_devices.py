@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Optional
+
+from prompt_tuning.engine import host_memory
 
 FLAG = "--xla_force_host_platform_device_count"
 _FLAG_PATTERN = re.compile(re.escape(FLAG) + r"=(\S*)")
-
-
-def _jax_backend_started() -> bool:
-  module = sys.modules.get("jax._src.xla_bridge")
-  return bool(getattr(module, "_backends", None))
 
 
 def _cpu_device_count() -> int:
@@ -54,7 +50,7 @@ def configure(count: Optional[int]) -> bool:
   if match is not None and match.group(1) != str(count):
     raise ValueError(f"XLA_FLAGS already sets {FLAG}={match.group(1)}, which disagrees with "
                      f"the requested {count} host CPU devices.")
-  if _jax_backend_started():
+  if host_memory.jax_backend_started():
     current = _cpu_device_count()
     if current != count:
       raise RuntimeError(f"JAX already started its CPU backend with {current} device(s); "

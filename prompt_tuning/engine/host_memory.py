@@ -48,7 +48,8 @@ def _glibc() -> Optional[ctypes.CDLL]:
   return libc
 
 
-def _jax_backend_started() -> bool:
+def jax_backend_started() -> bool:
+  """Whether JAX has started a backend in this process (settings read at start-up are fixed)."""
   module = sys.modules.get("jax._src.xla_bridge")
   return bool(getattr(module, "_backends", None))
 
@@ -71,7 +72,7 @@ def configure(policy: str = "reuse") -> bool:
   if libc is None:
     _LOG.info("Host allocator policy %r needs glibc; leaving the allocator as it is.", policy)
     return False
-  if _jax_backend_started():
+  if jax_backend_started():
     _LOG.warning("Host allocator policy %r set after JAX started its backend: threads that "
                  "already allocated keep their own arenas, so some steps may still page-fault.",
                  policy)
