@@ -24,9 +24,9 @@ Examples = Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
 
 
 def fixture_vocab_path() -> str:
-  """The real T5 SentencePiece model shipped in the shared fixtures beside the checkout."""
+  """The real T5 SentencePiece model in the repository's test fixtures (`tests/fixtures/`)."""
   repo = pathlib.Path(__file__).resolve().parents[2]
-  path = repo.parent / "shared" / "fixtures" / "t5x_reference" / "t5_vocab"
+  path = repo / "tests" / "fixtures" / "t5x_reference" / "t5_vocab"
   if not path.exists():
     raise FileNotFoundError(f"Fixture vocabulary not found at {path}; tests need a checkout.")
   return str(path)

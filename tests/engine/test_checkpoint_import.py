@@ -28,7 +28,7 @@ from prompt_tuning.models.config import get_config
 from prompt_tuning.models.t5 import EncoderDecoder
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FIXTURE = REPO.parent / "shared/fixtures/t5x_reference/test_t5_1_1_tiny/checkpoint_3"
+FIXTURE = REPO / "tests/fixtures/t5x_reference/test_t5_1_1_tiny/checkpoint_3"
 
 
 # ---------------------------------------------------------------- independent readers

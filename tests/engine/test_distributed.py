@@ -28,7 +28,7 @@ from prompt_tuning.engine import reporting
 REPO = Path(__file__).resolve().parents[2]
 # A real T5X checkpoint (legacy msgpack + zarr) of T5 1.1 tiny: width 4, 2+2 layers, 32128
 # vocabulary rows; each host reads its slice of every parameter straight into its sharding.
-T5X_TINY = (REPO.parent / "shared" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny"
+T5X_TINY = (REPO / "tests" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny"
             / "checkpoint_3")
 STEPS = 5
 

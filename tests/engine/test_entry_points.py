@@ -23,7 +23,7 @@ from prompt_tuning.engine import checkpoints, gin_utils, reporting
 
 REPO = Path(__file__).resolve().parents[2]
 # A real T5X checkpoint (legacy msgpack + zarr) of T5 1.1 tiny: width 4, 2+2 layers.
-T5X_TINY = REPO.parent / "shared" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny" / "checkpoint_3"
+T5X_TINY = REPO / "tests" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny" / "checkpoint_3"
 STEPS = 60
 
 

@@ -14,7 +14,7 @@ import pytest
 from prompt_tuning.engine import export
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "t5x_reference"
+FIXTURES = REPO / "tests" / "fixtures" / "t5x_reference"
 FIXTURE_PROMPT = FIXTURES / "prompt_5x256.npy"  # float64
 PRETRAINED_PROMPT = FIXTURES / "pretrained_prompts" / "sst2.npy"  # float32 [100, 768]
 
@@ -39,8 +39,6 @@ def test_npy_is_a_plain_float32_2d_array(tmp_path):
 
 
 def test_reference_prompt_file_reads_as_float32():
-  if not FIXTURE_PROMPT.exists():
-    pytest.skip(f"shared fixture {FIXTURE_PROMPT} is not present in this checkout")
   prompt = export.load_prompt_npy(path=str(FIXTURE_PROMPT))
   raw = np.load(FIXTURE_PROMPT)
   assert raw.dtype == np.float64 and prompt.dtype == np.float32 and prompt.shape == (5, 256)
@@ -48,8 +46,6 @@ def test_reference_prompt_file_reads_as_float32():
 
 
 def test_export_of_a_released_prompt_is_byte_identical_to_the_release(tmp_path):
-  if not PRETRAINED_PROMPT.exists():
-    pytest.skip(f"shared fixture {PRETRAINED_PROMPT} is not present in this checkout")
   path = tmp_path / "sst2.npy"
   export.save_prompt_npy(prompt=np.load(PRETRAINED_PROMPT), path=str(path))
   assert path.read_bytes() == PRETRAINED_PROMPT.read_bytes()

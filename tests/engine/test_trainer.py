@@ -21,7 +21,7 @@ from prompt_tuning.engine import checkpoint_import, checkpoints, export, reporti
 
 REPO = Path(__file__).resolve().parents[2]
 # A real T5X checkpoint (legacy msgpack + zarr) of T5 1.1 tiny: width 4, 2+2 layers.
-T5X_TINY = REPO.parent / "shared" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny" / "checkpoint_3"
+T5X_TINY = REPO / "tests" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny" / "checkpoint_3"
 SMALL = {"BATCH_SIZE": "8", "train.log_period": "1", "DROPOUT_RATE": "0.0"}
 
 

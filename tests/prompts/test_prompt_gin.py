@@ -15,7 +15,7 @@ from prompt_tuning.prompts import hooks
 from prompt_tuning.prompts import providers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = REPO / ".." / "shared" / "fixtures" / "t5x_reference"
+FIXTURES = REPO / "tests" / "fixtures" / "t5x_reference"
 EMBEDDINGS = FIXTURES / "tiny_embeddings_32128x4.npy"
 MODEL_FILE = "gin/models/t5_1_1_tiny.gin"
 VOCABULARY_BINDINGS = [

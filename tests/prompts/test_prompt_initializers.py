@@ -11,7 +11,7 @@ from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts import npy_io
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = REPO / ".." / "shared" / "fixtures" / "t5x_reference"
+FIXTURES = REPO / "tests" / "fixtures" / "t5x_reference"
 RNG = jax.random.PRNGKey(0)
 
 

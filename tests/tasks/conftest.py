@@ -1,4 +1,4 @@
-"""Shared fixtures: the real T5 vocabulary from the shared fixtures, and a mocked TFDS.
+"""Shared fixtures: the real T5 vocabulary from `tests/fixtures/`, and a mocked TFDS.
 
 The vocabulary override must happen before `tasks` registers anything, hence at import.
 """
