@@ -31,6 +31,7 @@ def evaluate(
     checkpoint_step: Optional[int] = None,
     mesh_config: Any = None,
     trainable_patterns: Optional[Sequence[str]] = None,
+    param_groups: Optional[Sequence[Any]] = None,
     decoder_params: Optional[Mapping[str, Any]] = None,
     num_examples: Optional[int] = None,
     summarize_config_fn: Any = None,
@@ -47,6 +48,7 @@ def evaluate(
     checkpoint_step: the step to evaluate (default: the latest).
     mesh_config: `partitioning.MeshConfig`.
     trainable_patterns: which parameters the run trained (default: recorded in the run).
+    param_groups: the run's parameter groups (default: recorded in the run).
     decoder_params: e.g. `{'method': 'beam', 'num_decodes': 4, 'alpha': 0.6}`.
     num_examples: evaluate only the first examples of each task.
   """
@@ -57,7 +59,7 @@ def evaluate(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
       restore=restore_cfg or trainer.RestoreConfig(), checkpoint_dir=checkpoint_dir,
-      step=checkpoint_step, patterns=trainable_patterns)
+      step=checkpoint_step, patterns=trainable_patterns, groups=param_groups)
   if summarize_config_fn is not None:
     summarize_config_fn(output_dir)
   log_dir = (os.path.join(output_dir, evaluation.INFERENCE_LOG_SUBDIR)

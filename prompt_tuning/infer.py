@@ -40,6 +40,7 @@ def infer(
     checkpoint_step: Optional[int] = None,
     mesh_config: Any = None,
     trainable_patterns: Optional[Sequence[str]] = None,
+    param_groups: Optional[Sequence[Any]] = None,
     decoder_params: Optional[Mapping[str, Any]] = None,
     num_examples: Optional[int] = None,
     summarize_config_fn: Any = None,
@@ -58,7 +59,7 @@ def infer(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
       restore=restore_cfg or trainer.RestoreConfig(), checkpoint_dir=checkpoint_dir,
-      step=checkpoint_step, patterns=trainable_patterns)
+      step=checkpoint_step, patterns=trainable_patterns, groups=param_groups)
   if summarize_config_fn is not None:
     summarize_config_fn(output_dir)
   runner = evaluation.ModelRunner(

@@ -45,7 +45,8 @@ def train(
     total_steps: int,
     optimizer: Any,
     mesh_config: Any = None,
-    trainable_patterns: Sequence[str] = (r"^input_hook/.*",),
+    trainable_patterns: Optional[Sequence[str]] = None,
+    param_groups: Optional[Sequence[Any]] = None,
     restore_cfg: Any = None,
     checkpoint_cfg: Any = None,
     train_eval_dataset_cfg: Any = None,
@@ -65,7 +66,7 @@ def train(
   """Trains the selected parameters of `model` for `total_steps` steps.
 
   Args:
-    model: an `EncoderDecoderModel` or `DecoderOnlyModel` wrapper.
+    model: a model wrapper (`engine.models.ModelWrapper`), e.g. an `EncoderDecoderModel`.
     train_dataset_cfg: `data.DatasetConfig` of the training data (global batch size).
     model_dir: where checkpoints, exports, metrics and `config.gin` go; resumed from if it
       already holds checkpoints.
@@ -73,7 +74,11 @@ def train(
     optimizer: an optax transformation (e.g. `optimizers.adafactor()`).
     mesh_config: `partitioning.MeshConfig` (default: all devices data-parallel).
     trainable_patterns: regexes over '/'-joined parameter paths; the rest stays frozen.
-      `('.*',)` fine-tunes everything.
+      `('.*',)` fine-tunes everything. Default (and without `param_groups`): prompt tuning,
+      the input hook trained and the rest frozen (`params.prompt_tuning_groups`).
+    param_groups: `params.ParamGroup`s: per group, trainable or frozen, its source (base,
+      another checkpoint, `.npy`, initialiser), export and optimizer. Excludes
+      `trainable_patterns`.
     restore_cfg: `trainer.RestoreConfig`, the frozen base (None: initialise everything).
     checkpoint_cfg: `trainer.CheckpointConfig`.
     train_eval_dataset_cfg: data for teacher-forced eval loss/accuracy (optional).
@@ -99,8 +104,9 @@ def train(
   checkpoint_cfg = checkpoint_cfg or trainer.CheckpointConfig()
   lengths = data.model_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
   session = trainer.setup(model=model, lengths=lengths, mesh_config=mesh_config,
-                          restore=restore_cfg, patterns=trainable_patterns, optimizer=optimizer,
-                          checkpoint=checkpoint_cfg, model_dir=model_dir, seed=random_seed)
+                          restore=restore_cfg, patterns=trainable_patterns, groups=param_groups,
+                          optimizer=optimizer, checkpoint=checkpoint_cfg, model_dir=model_dir,
+                          seed=random_seed)
   if summarize_config_fn is not None:
     summarize_config_fn(model_dir)
   session = trainer.maybe_resume(session)
@@ -116,7 +122,7 @@ def train(
       shard=partitioning.host_data_shard(mesh=session.mesh),
       start_batch=int(session.state.data_position))
   step_fn = trainer.compile_train_step(
-      model=model, optimizer=optimizer, session=session, num_microbatches=num_microbatches,
+      model=model, optimizer=session.optimizer, session=session, num_microbatches=num_microbatches,
       max_grad_norm=max_grad_norm, learning_rate_fn=learning_rate_fn)
   reporter = reporting.TrainingReporter(writer=writer, total_steps=total_steps,
                                         batch_size=train_dataset_cfg.batch_size,

@@ -4,7 +4,8 @@ One entry point serves the trainer: `import_checkpoint(path, abstract_params=...
 reads exactly the parameters the model declares, checks each against the checkpoint (name, shape,
 dtype), and places each straight into its target sharding, so each device reads only its slice.
 Parameters the checkpoint lacks are an error unless they match `allow_missing` (e.g. the prompt,
-`^input_hook/`); those come back as None for the caller's initialiser (`fill_missing`).
+which a base model does not have); those come back as None for the caller's initialiser
+(`fill_missing`).
 Checkpoint arrays the model does not declare (optimizer slots, an unused `lm_head`) are ignored.
 
 Formats (`format='auto'` picks by what the folder holds):
@@ -32,7 +33,7 @@ from prompt_tuning.engine.importers import orbax_reader
 from prompt_tuning.engine.importers import t5x_legacy
 from prompt_tuning.engine.importers.hf_t5 import config_from_hf  # re-exported
 
-__all__ = ["import_checkpoint", "read_checkpoint_array", "fill_missing", "detect_format",
+__all__ = ["import_checkpoint", "unbox", "read_checkpoint_array", "fill_missing", "detect_format",
            "open_checkpoint", "config_from_hf"]
 
 PyTree = Any
@@ -76,7 +77,7 @@ def open_checkpoint(path: str, *, format: str = "auto",  # pylint: disable=redef
   return t5x_legacy.T5XLegacyReader(path, section=section or "target")
 
 
-def _unbox(tree: PyTree) -> PyTree:
+def unbox(tree: PyTree) -> PyTree:
   """Plain leaves from a tree that may hold flax partitioning boxes; dicts stay dicts."""
   def unbox(x):
     if isinstance(x, meta.Partitioned):
@@ -148,7 +149,7 @@ def import_checkpoint(
     dtype: when given, floating-point parameters (float32 / bfloat16 / float16 on both sides)
       are cast to it while reading. When None, every stored dtype must equal the model's.
     allow_missing: regex (`re.search` on 'encoder/layers_0/...' paths) of parameters that may be
-      absent, e.g. '^input_hook/'; they come back as None (see `fill_missing`).
+      absent (e.g. the input hook's); they come back as None (see `fill_missing`).
 
   Returns:
     Plain nested dicts like `abstract_params` (unboxed) holding `jax.Array`s, or None for
@@ -159,11 +160,11 @@ def import_checkpoint(
       parameter, a shape mismatch or a dtype mismatch. Nothing is read before all checks pass.
   """
   reader = open_checkpoint(path, format=format)
-  wanted = _flatten(_unbox(abstract_params))
+  wanted = _flatten(unbox(abstract_params))
   if isinstance(shardings, jax.sharding.Sharding):
     sharding_of = {name: shardings for name in wanted}
   elif shardings is not None:
-    sharding_of = _flatten(_unbox(shardings))
+    sharding_of = _flatten(unbox(shardings))
   else:
     sharding_of = {name: _default_sharding(leaf) for name, leaf in wanted.items()}
   cast = None if dtype is None else np.dtype(dtype)
@@ -198,7 +199,7 @@ def import_checkpoint(
 def fill_missing(imported: PyTree, initialised: PyTree) -> PyTree:
   """Replaces the None leaves of `import_checkpoint`'s result by the same leaves of
   `initialised` (e.g. freshly initialised prompt variables)."""
-  init = _flatten(_unbox(initialised))
+  init = _flatten(unbox(initialised))
   merged = {}
   for name, value in _flatten(imported).items():
     if value is None:
@@ -212,8 +213,8 @@ def fill_missing(imported: PyTree, initialised: PyTree) -> PyTree:
 def read_checkpoint_array(checkpoint_path: str, param_path: str, *,
                           format: str = "auto",  # pylint: disable=redefined-builtin
                           section: Optional[str] = None) -> np.ndarray:
-  """Reads one array by our parameter path (e.g. 'token_embedder/embedding' or
-  'input_hook/prompt') into host memory. `section='state'` reads T5X optimizer state instead
+  """Reads one array by our parameter path (e.g. 'token_embedder/embedding' or the prompt)
+  into host memory. `section='state'` reads T5X optimizer state instead
   (e.g. 'step')."""
   reader = open_checkpoint(checkpoint_path, format=format, section=section)
   available = reader.entries()

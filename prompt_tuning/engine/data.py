@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.engine import models as model_wrappers
 from prompt_tuning.engine.partitioning import DataShard
 
 Batch = Dict[str, np.ndarray]
@@ -75,19 +74,59 @@ def get_mixture_or_task(config: DatasetConfig):
 
 
 def feature_converter_for(model: Any) -> seqio.FeatureConverter:
-  """The feature converter whose output features the model wrapper reads (no packing)."""
-  if isinstance(model, model_wrappers.DecoderOnlyModel):
-    return seqio.PrefixLMFeatureConverter(pack=False)
-  if isinstance(model, model_wrappers.EncoderDecoderModel):
-    return seqio.EncDecFeatureConverter(pack=False)
-  raise ValueError(
-      f"No feature converter for model type {type(model).__name__}; expected an "
-      "EncoderDecoderModel or a DecoderOnlyModel.")
+  """The feature converter whose output features the model wrapper reads (its protocol)."""
+  return model.feature_converter()
 
 
 def model_feature_lengths(model: Any, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
   """Model-side lengths: encoder/decoder for T5, inputs + targets for a decoder-only model."""
-  return dict(feature_converter_for(model).get_model_feature_lengths(task_feature_lengths))
+  return dict(model.model_feature_lengths(task_feature_lengths))
+
+
+class HookInputConverter(seqio.FeatureConverter):
+  """A model's feature converter that also carries the input hook's side inputs.
+
+  seqio passes extra features through only as padded 1-D sequences, so each declared hook
+  input travels flattened to its per-example element count (a scalar id as `[1]`, a `[T, H]`
+  feature as `[T * H]`); the model wrapper restores the declared shape. Lengths of hook inputs
+  come from the declarations (or, for `None` dimensions, from `task_feature_lengths`), so
+  callers pass only the task's own feature lengths, as for any converter. An example that
+  lacks a declared input is an error naming it.
+  """
+
+  def __init__(self, base_cls: type, hook_inputs: Sequence[Any], **kwargs):
+    self._hook_inputs = tuple(hook_inputs)
+    passthrough = {spec.name: seqio.FeatureConverter.FeatureSpec(dtype=tf.as_dtype(spec.dtype))
+                   for spec in self._hook_inputs}
+    self._base = base_cls(pack=False, passthrough_features=passthrough, **kwargs)
+    self.TASK_FEATURES = self._base.TASK_FEATURES  # pylint: disable=invalid-name
+    self.MODEL_FEATURES = self._base.MODEL_FEATURES  # pylint: disable=invalid-name
+    self.PACKING_FEATURE_DTYPES = self._base.PACKING_FEATURE_DTYPES  # pylint: disable=invalid-name
+    super().__init__(pack=False, passthrough_features=passthrough)
+
+  def _lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
+    lengths = dict(task_feature_lengths)
+    for spec in self._hook_inputs:
+      lengths[spec.name] = spec.flat_length(task_feature_lengths)
+    return lengths
+
+  def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+    names = [spec.name for spec in self._hook_inputs]
+    absent = [name for name in names if name not in ds.element_spec]
+    if absent:
+      raise ValueError(f"The task's examples lack the hook input {absent[0]!r} that the model "
+                       f"declares; they have {sorted(ds.element_spec)}.")
+
+    def flatten(example):
+      return {k: tf.reshape(v, [-1]) if k in names else v for k, v in example.items()}
+
+    return self._base(ds.map(flatten), self._lengths(task_feature_lengths))
+
+  def _convert_features(self, ds, task_feature_lengths):
+    return self._base._convert_features(ds, task_feature_lengths)  # pylint: disable=protected-access
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
+    return self._base.get_model_feature_lengths(self._lengths(task_feature_lengths))
 
 
 def local_batch_size(global_batch_size: int, shard: DataShard) -> int:

@@ -101,10 +101,8 @@ class ModelRunner:
 
 
 def max_decode_length_for(model: Any, task_feature_lengths: Mapping[str, int]) -> int:
-  """How many tokens prediction generates: the targets' length."""
-  if "targets" not in task_feature_lengths:
-    raise ValueError("task_feature_lengths needs a 'targets' length to decode predictions.")
-  return int(task_feature_lengths["targets"])
+  """How many tokens prediction generates (the wrapper decides; the targets' length)."""
+  return model.max_decode_length(task_feature_lengths)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from typing import Optional
 
 import numpy as np
 
+from prompt_tuning.prompts import npy_io
+
 TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM")
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -61,24 +63,13 @@ def _atomic_write(path: str, write) -> None:
 
 
 def save_prompt_npy(*, prompt, path: str) -> None:
-  """Writes `prompt` ([P, H]) to `path` as a float32 `.npy` file."""
-  array = _as_prompt(prompt)
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"Folder {folder} for the prompt file does not exist.")
-
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      np.save(f, array)
-
-  _atomic_write(path, write)
+  """Writes `prompt` ([P, H]) to `path` as a float32 `.npy` file (`prompts.npy_io` writes it)."""
+  npy_io.save_prompt_npy(path, _as_prompt(prompt))
 
 
 def load_prompt_npy(*, path: str) -> np.ndarray:
   """Reads a `[P, H]` prompt from `.npy` as float32 (float64 files are converted)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Prompt file {path} does not exist.")
-  return _as_prompt(np.load(path, allow_pickle=False))
+  return _as_prompt(npy_io.load_array_npy(path))
 
 
 def export_peft_prompt(

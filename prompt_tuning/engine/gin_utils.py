@@ -64,15 +64,19 @@ def register_configurables() -> None:
   # pylint: disable=g-import-not-at-top
   import seqio
   from prompt_tuning.data import vocabularies
-  from prompt_tuning.engine import data, models, optimizers, partitioning, trainer
+  from prompt_tuning.engine import data, models, optimizers, params, partitioning, trainer
   from prompt_tuning.models import config, decoder_only, t5
   from prompt_tuning.prompts import hooks, initializers, providers
   # pylint: enable=g-import-not-at-top
 
   for item in (t5.EncoderDecoder, decoder_only.DecoderOnly, config.get_config):
     _register(item, "network")
-  for item in (models.EncoderDecoderModel, models.DecoderOnlyModel, models.DecoderParams):
+  for item in (models.EncoderDecoderModel, models.DecoderOnlyModel, models.DecoderParams,
+               models.HookInput):
     _register(item, "models")
+  for item in (params.ParamGroup, params.FromBase, params.FromInit, params.FromCheckpoint,
+               params.FromNpy):
+    _register(item, "params")
   for item in (hooks.PromptHook, providers.Prompt, providers.PromptTable):
     _register(item, "prompts")
   for item in (initializers.random_uniform, initializers.sampled_vocabulary,

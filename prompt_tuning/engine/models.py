@@ -14,14 +14,19 @@ Batches are dicts of `[B, ...]` arrays with the feature converters' names:
                    (`[B, T]`) and `decoder_causal_attention [B, T]`, 1 on the inputs part
                    (start token included), which prediction uses as the prompt and which a
                    prefix-LM also uses as its bidirectional prefix.
-Per-example side inputs for the input hook (e.g. `prompt_ids [B]` for a prompt table) are
-routed by name: every key of `hook_input_keys` present in the batch goes to `hook_inputs`.
+Per-example side inputs for the input hook (e.g. `prompt_ids [B]` for a prompt table, `[B, L]`
+token ids for a prompt generator) are declared as `HookInput`s, by the hook itself or by the
+wrapper's `hook_inputs` argument, and routed from the batch by name, in their declared shape.
 Packed batches (segment ids) are not supported.
+
+`ModelWrapper` is the protocol the trainer, data pipeline and evaluator use; they never ask
+which wrapper they hold. A new kind of model (a re-ranker, a two-pass model) plugs in by
+implementing it.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import jax
 from jax import lax
@@ -29,6 +34,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.engine import decoding
 from prompt_tuning.models.decoder_only import init_decoder_only_cache
+from prompt_tuning.models.hook_inputs import HookInput
 from prompt_tuning.models.t5 import init_decoder_cache
 
 Batch = Mapping[str, jax.Array]
@@ -150,6 +156,39 @@ def weighted_loss(
   return loss, metrics
 
 
+class ModelWrapper(Protocol):
+  """What the engine needs from a model wrapper.
+
+  Data: `feature_converter()` turns task examples into the batches the wrapper reads, and
+  `model_feature_lengths(task_feature_lengths)` gives their lengths. Parameters:
+  `initial_variables(rng, lengths)` returns the module's variables (boxed with logical axes)
+  for those lengths, and `hook_input_specs()` the side inputs its input hook reads. Training
+  and evaluation: `loss_fn`, `score_batch`, `predict_batch_with_scores`, and
+  `max_decode_length(task_feature_lengths)`. Export: `prompt_export_info()` describes the model
+  for a PEFT prompt adapter (None when that format does not apply).
+  """
+
+  def feature_converter(self) -> Any: ...
+
+  def model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]: ...
+
+  def initial_variables(self, rng: jax.Array, lengths: Mapping[str, int]) -> PyTree: ...
+
+  def hook_input_specs(self) -> Tuple[HookInput, ...]: ...
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> Tuple[jax.Array, Dict[str, jax.Array]]: ...
+
+  def score_batch(self, params: PyTree, batch: Batch) -> jax.Array: ...
+
+  def predict_batch_with_scores(self, params: PyTree, batch: Batch, **kwargs
+                                ) -> Tuple[jax.Array, jax.Array]: ...
+
+  def max_decode_length(self, task_feature_lengths: Mapping[str, int]) -> int: ...
+
+  def prompt_export_info(self) -> Optional[Dict[str, Any]]: ...
+
+
 class BaseModel:
   """Loss, scoring and rank classification shared by both wrappers.
 
@@ -160,7 +199,8 @@ class BaseModel:
 
   def __init__(self, module, *, label_smoothing: float = 0.0, z_loss: float = 1e-4,
                loss_normalizing_factor: Union[None, str, float] = None,
-               hook_input_keys: Sequence[str] = ("prompt_ids",), eos_id: int = 1):
+               hook_inputs: Optional[Sequence[HookInput]] = None,
+               hook_input_keys: Optional[Sequence[str]] = None, eos_id: int = 1):
     """Args:
       module: the flax model (its `config.vocab_size` is the output size).
       label_smoothing: mass in [0, 1) spread over the non-target tokens.
@@ -168,7 +208,9 @@ class BaseModel:
       loss_normalizing_factor: the summed weighted token loss is divided by this constant
         when it is a number; None or 'NUM_REAL_TARGET_TOKENS' divides by the number of
         target tokens whose loss weight is positive.
-      hook_input_keys: batch keys passed to the input hook as `hook_inputs`.
+      hook_inputs: the side inputs the input hook reads; default: what the hook declares
+        (`hook.hook_input_specs()`), else a per-example `prompt_ids` id.
+      hook_input_keys: older form of `hook_inputs`: names of per-example scalar int32 inputs.
       eos_id: the token that ends a decode.
     """
     if not 0.0 <= label_smoothing < 1.0:
@@ -178,15 +220,77 @@ class BaseModel:
     self.label_smoothing = label_smoothing
     self.z_loss = z_loss
     self.loss_normalizing_factor = loss_normalizing_factor
-    self.hook_input_keys = tuple(hook_input_keys)
+    if hook_inputs is not None and hook_input_keys is not None:
+      raise ValueError("Give either hook_inputs or hook_input_keys, not both.")
+    if hook_input_keys is not None:
+      hook_inputs = tuple(HookInput(name=key) for key in hook_input_keys)
+    self._declared_hook_inputs = None if hook_inputs is None else tuple(hook_inputs)
     self.eos_id = eos_id
 
   @property
   def vocab_size(self) -> int:
     return self.module.config.vocab_size
 
+  # -- protocol: data and parameters -------------------------------------------------------
+
+  def hook_input_specs(self) -> Tuple[HookInput, ...]:
+    """The side inputs the input hook reads (declared by the wrapper or by the hook)."""
+    if self._declared_hook_inputs is not None:
+      return self._declared_hook_inputs
+    declare = getattr(getattr(self.module, "input_hook", None), "hook_input_specs", None)
+    if callable(declare):
+      return tuple(declare())
+    return (HookInput(name="prompt_ids"),)
+
+  @property
+  def hook_input_keys(self) -> Tuple[str, ...]:
+    return tuple(spec.name for spec in self.hook_input_specs())
+
+  def _converter_class(self):
+    raise NotImplementedError
+
+  def feature_converter(self):
+    """The seqio converter (no packing) that also carries the hook inputs the task provides."""
+    from prompt_tuning.engine import data  # pylint: disable=g-import-not-at-top
+    specs = self._data_hook_inputs()
+    if not specs:
+      return self._converter_class()(pack=False)
+    return data.HookInputConverter(self._converter_class(), specs)
+
+  def _data_hook_inputs(self) -> Tuple[HookInput, ...]:
+    """Hook inputs the data must provide: the declared ones, unless only the default
+    (`prompt_ids`, which a plain prompt ignores) is assumed."""
+    if self._declared_hook_inputs is None and not callable(
+        getattr(getattr(self.module, "input_hook", None), "hook_input_specs", None)):
+      return ()
+    return self.hook_input_specs()
+
+  def model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
+    return dict(self.feature_converter().get_model_feature_lengths(task_feature_lengths))
+
+  def max_decode_length(self, task_feature_lengths: Mapping[str, int]) -> int:
+    """How many tokens prediction generates: the targets' length."""
+    if "targets" not in task_feature_lengths:
+      raise ValueError("task_feature_lengths needs a 'targets' length to decode predictions.")
+    return int(task_feature_lengths["targets"])
+
+  def _hook_placeholders(self, batch_size: int, lengths: Mapping[str, int]):
+    placeholders = {spec.name: jnp.asarray(spec.placeholder(batch_size, lengths))
+                    for spec in self.hook_input_specs()}
+    return placeholders or None
+
   def _hook_inputs(self, batch: Batch) -> Optional[Dict[str, jax.Array]]:
-    routed = {key: batch[key] for key in self.hook_input_keys if key in batch}
+    """The batch's hook inputs in their declared per-example shapes (data carries them flat)."""
+    routed = {}
+    for spec in self.hook_input_specs():
+      if spec.name not in batch:
+        continue
+      value = batch[spec.name]
+      rows = value.shape[0]
+      if value.ndim != 1 + len(spec.shape):
+        shape = tuple(-1 if d is None else d for d in spec.shape)
+        value = value.reshape((rows,) + shape)
+      routed[spec.name] = value
     return routed or None
 
   @staticmethod
@@ -292,13 +396,29 @@ class BaseModel:
 class EncoderDecoderModel(BaseModel):
   """Wraps an `EncoderDecoder`: the input hook applies to the encoder input."""
 
+  def _converter_class(self):
+    import seqio  # pylint: disable=g-import-not-at-top
+    return seqio.EncDecFeatureConverter
+
+  def initial_variables(self, rng: jax.Array, lengths: Mapping[str, int]) -> PyTree:
+    """The module's variables for model-feature `lengths` (encoder and decoder tokens)."""
+    return self.get_initial_variables(
+        rng, batch_size=1, encoder_length=lengths["encoder_input_tokens"],
+        decoder_length=lengths["decoder_input_tokens"], lengths=lengths)
+
   def get_initial_variables(self, rng: jax.Array, *, batch_size: int, encoder_length: int,
-                            decoder_length: int) -> PyTree:
+                            decoder_length: int,
+                            lengths: Optional[Mapping[str, int]] = None) -> PyTree:
     """The module's variables (boxed with their logical axes) for these shapes."""
     enc = jnp.ones((batch_size, encoder_length), jnp.int32)
     dec = jnp.ones((batch_size, decoder_length), jnp.int32)
-    hook_inputs = {key: jnp.zeros((batch_size,), jnp.int32) for key in self.hook_input_keys}
-    return self.module.init(rng, enc, dec, hook_inputs=hook_inputs or None)
+    return self.module.init(rng, enc, dec,
+                            hook_inputs=self._hook_placeholders(batch_size, lengths or {}))
+
+  def prompt_export_info(self) -> Optional[Dict[str, Any]]:
+    config = self.module.config
+    return {"task_type": "SEQ_2_SEQ_LM", "num_layers": config.num_encoder_layers,
+            "num_attention_heads": config.num_heads}
 
   def _logits(self, params, batch, *, dropout_rng):
     self._require(batch, "encoder_input_tokens", "decoder_input_tokens",
@@ -344,12 +464,27 @@ class DecoderOnlyModel(BaseModel):
     super().__init__(module, **kwargs)
     self.inputs_bidirectional_attention = inputs_bidirectional_attention
 
-  def get_initial_variables(self, rng: jax.Array, *, batch_size: int,
-                            decoder_length: int) -> PyTree:
+  def _converter_class(self):
+    import seqio  # pylint: disable=g-import-not-at-top
+    return seqio.PrefixLMFeatureConverter
+
+  def initial_variables(self, rng: jax.Array, lengths: Mapping[str, int]) -> PyTree:
+    """The module's variables for model-feature `lengths` (decoder tokens)."""
+    return self.get_initial_variables(rng, batch_size=1,
+                                      decoder_length=lengths["decoder_input_tokens"],
+                                      lengths=lengths)
+
+  def get_initial_variables(self, rng: jax.Array, *, batch_size: int, decoder_length: int,
+                            lengths: Optional[Mapping[str, int]] = None) -> PyTree:
     """The module's variables (boxed with their logical axes) for these shapes."""
     tokens = jnp.ones((batch_size, decoder_length), jnp.int32)
-    hook_inputs = {key: jnp.zeros((batch_size,), jnp.int32) for key in self.hook_input_keys}
-    return self.module.init(rng, tokens, hook_inputs=hook_inputs or None)
+    return self.module.init(rng, tokens,
+                            hook_inputs=self._hook_placeholders(batch_size, lengths or {}))
+
+  def prompt_export_info(self) -> Optional[Dict[str, Any]]:
+    config = self.module.config
+    return {"task_type": "CAUSAL_LM", "num_layers": config.num_decoder_layers,
+            "num_attention_heads": config.num_heads}
 
   def _prefix(self, batch):
     if self.inputs_bidirectional_attention:

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-PROMPT_ONLY = (r"^input_hook/.*",)
+from prompt_tuning.engine import params as params_lib
+
+PROMPT_ONLY = (params_lib.HOOK_PATTERN,)  # the default selection: the input hook
 EVERYTHING = (r".*",)
 
 Params = Mapping[str, Any]
@@ -41,7 +43,7 @@ def _flatten(params: Params) -> dict[str, Any]:
 def trainable_paths(*, params: Params, patterns: Sequence[str] = PROMPT_ONLY) -> list[str]:
   """The '/'-joined paths of the leaves selected by any of `patterns` (`re.search` semantics).
 
-  `params` is the 'params' collection, so paths look like 'input_hook/prompt' or
+  `params` is the 'params' collection, so paths look like '<hook>/prompt' or
   'encoder/layers_0/mlp/wi_0/kernel'.
 
   Raises:

@@ -1,17 +1,18 @@
 """`PromptHook`: the input hook that inserts a provider's prompt into the embedded inputs.
 
 A model holds the hook in its `input_hook` field. The provider shares the hook's variable scope,
-so its parameters sit directly under the hook: a `Prompt` is `input_hook/prompt` ([P, H]) and a
-`PromptTable` is `input_hook/prompt_table` ([K, P, H]); an input-dependent generator's
-submodules appear as `input_hook/<submodule>/...`. Checkpoints and `.npy` exports therefore name
+so its parameters sit directly under the hook's scope: a `Prompt` is `<hook>/prompt` ([P, H]) and
+a `PromptTable` is `<hook>/prompt_table` ([K, P, H]); an input-dependent generator's submodules
+appear as `<hook>/<submodule>/...` (the scope is named in `engine/params.py`). Checkpoints and `.npy` exports therefore name
 a prompt the same way whatever combiner options are chosen.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import flax.linen as nn
 
+from prompt_tuning.models.hook_inputs import HookInput
 from prompt_tuning.prompts import base
 from prompt_tuning.prompts import combine
 
@@ -35,8 +36,13 @@ class PromptHook(nn.Module):
     combine.check_placement(self.placement)
     super().__post_init__()
 
+  def hook_input_specs(self) -> Tuple[HookInput, ...]:
+    """The side inputs the provider reads from the batch (none for a plain prompt)."""
+    declare = getattr(self.provider, "hook_input_specs", None)
+    return tuple(declare()) if callable(declare) else ()
+
   def setup(self):
-    # Keep the provider's parameters at input_hook/<name> rather than input_hook/provider/<name>.
+    # Keep the provider's parameters at <hook>/<name> rather than <hook>/provider/<name>.
     nn.share_scope(self, self.provider)
 
   def __call__(

@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.engine.params import PROMPT_PATH
+from prompt_tuning.prompts import npy_io
+
 Shape = Tuple[int, ...]
 Initializer = Callable[[jax.Array, Shape, Any], jax.Array]
 ArrayOrLoader = Union[np.ndarray, jax.Array, Callable[[], Any]]
@@ -197,17 +200,11 @@ def from_npy(path: str) -> Initializer:
   The file is read now, so a missing or unreadable file stops the run before any model is built.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"The prompt file {path} does not exist.")
-  try:
-    value = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"The prompt file {path} is not a readable .npy array ({e}).") from e
-  return from_array(value, source=path)
+  return from_array(npy_io.load_array_npy(path), source=path)
 
 
 def read_array(checkpoint_path: str, param_path: str) -> np.ndarray:
-  """Reads the array `param_path` (e.g. 'input_hook/prompt') from a stored checkpoint.
+  """Reads the array `param_path` (e.g. the prompt variable) from a stored checkpoint.
 
   `.npy` files hold one array (param_path is ignored); `.npz` files are keyed by param_path;
   anything else (a T5X or orbax checkpoint directory) is read by the engine's checkpoint importer.
@@ -217,13 +214,13 @@ def read_array(checkpoint_path: str, param_path: str) -> np.ndarray:
     if not os.path.isfile(checkpoint_path):
       raise FileNotFoundError(f"The checkpoint file {checkpoint_path} does not exist.")
     if checkpoint_path.endswith(".npy"):
-      return np.load(checkpoint_path, allow_pickle=False)
-    with np.load(checkpoint_path, allow_pickle=False) as arrays:
-      if param_path not in arrays.files:
-        raise ValueError(
-            f"The checkpoint file {checkpoint_path} has no array {param_path!r}; it holds "
-            f"{sorted(arrays.files)}.")
-      return arrays[param_path]
+      return npy_io.load_array_npy(checkpoint_path)
+    arrays = npy_io.load_arrays_npz(checkpoint_path)
+    if param_path not in arrays:
+      raise ValueError(
+          f"The checkpoint file {checkpoint_path} has no array {param_path!r}; it holds "
+          f"{sorted(arrays)}.")
+    return arrays[param_path]
   try:
     from prompt_tuning.engine import checkpoint_import  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -255,7 +252,7 @@ def checkpoint_array(checkpoint_path: Optional[str], param_path: str) -> Callabl
 
 def from_checkpoint_variable(
     checkpoint_path: Optional[str] = None,
-    param_path: str = "input_hook/prompt",
+    param_path: str = PROMPT_PATH,
     read_array_fn: Optional[Callable[[str], Any]] = None,
 ) -> Initializer:
   """The value of one named variable of a checkpoint (prompt transfer between runs).

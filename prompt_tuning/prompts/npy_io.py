@@ -42,17 +42,55 @@ def save_prompt_npy(path: str, prompt: Any) -> str:
   return path
 
 
-def load_prompt_npy(path: str, expected_shape: Optional[Sequence[int]] = None) -> np.ndarray:
-  """Reads a `.npy` prompt as float32, checking its shape against `expected_shape` if given."""
+def load_array_npy(path: str) -> np.ndarray:
+  """Reads one array from a `.npy` file, stopping with one sentence on a bad file.
+
+  Refused: a missing file, a file that is not in `.npy` format (e.g. text saved under that
+  name; pickled objects are never loaded), and values that are NaN or infinite (a prompt
+  holding NaN would otherwise surface much later as a NaN loss naming no file).
+  """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"The prompt file {path} does not exist.")
+    raise FileNotFoundError(f"The array file {path} does not exist.")
   try:
     value = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"The prompt file {path} is not a readable .npy array ({e}).") from e
+  except (ValueError, OSError, EOFError):
+    raise ValueError(f"The file {path} is not a .npy array file (it may be text or a pickle, "
+                     "which are not read).") from None
+  if not isinstance(value, np.ndarray):
+    raise ValueError(f"The file {path} holds several arrays; a .npy file with one was expected.")
+  _check_finite(value, path)
+  return value
+
+
+def load_arrays_npz(path: str) -> dict:
+  """Reads every array of an `.npz` file (keyed by name), with `load_array_npy`'s checks."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"The array file {path} does not exist.")
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      arrays = {name: archive[name] for name in archive.files}
+  except (ValueError, OSError, EOFError):
+    raise ValueError(f"The file {path} is not a readable .npz archive.") from None
+  for value in arrays.values():
+    _check_finite(value, path)
+  return arrays
+
+
+def _check_finite(value: np.ndarray, path: str) -> None:
+  floating = np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"
+  if floating and not np.all(np.isfinite(value.astype(np.float32))):
+    raise ValueError(f"The file {path} holds NaN or infinite values.")
+
+
+def load_prompt_npy(path: str, expected_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Reads a `.npy` prompt as float32, checking its shape against `expected_shape` if given."""
+  value = load_array_npy(path)
   if value.ndim != 2:
     raise ValueError(f"The prompt file {path} holds shape {value.shape}; a prompt is 2-D [P, H].")
+  if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+    raise ValueError(f"The prompt file {path} holds {value.dtype} values; a prompt holds floats.")
   if expected_shape is not None and tuple(value.shape) != tuple(expected_shape):
     raise ValueError(
         f"The prompt file {path} has shape {tuple(value.shape)} but {tuple(expected_shape)} was "

@@ -13,13 +13,14 @@ Providers return their parameter dtype; the hook casts to the model's compute dt
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
+from prompt_tuning.models.hook_inputs import HookInput
 from prompt_tuning.prompts import base
 from prompt_tuning.prompts import initializers
 
@@ -107,6 +108,10 @@ class PromptTable(nn.Module):
     _check_positive("num_prompts", self.num_prompts, "PromptTable")
     _check_positive("length", self.length, "PromptTable")
     super().__post_init__()
+
+  def hook_input_specs(self) -> Tuple[HookInput, ...]:
+    """Each example's row of the table, read from the batch's `prompt_ids`."""
+    return (HookInput(name=PROMPT_IDS_KEY, shape=(), dtype="int32"),)
 
   @nn.compact
   def __call__(

@@ -75,7 +75,9 @@ def test_prompt_tuning_run_defaults_follow_the_paper():
   assert gin.query_parameter("optimizers.adafactor.weight_decay_rate") == 1e-5
   assert gin.query_parameter("optimizers.adafactor.multiply_by_parameter_scale") is False
   assert gin.query_parameter("%BATCH_SIZE") == 32
-  assert gin.query_parameter("train.trainable_patterns") == ["^input_hook/.*"]
+  # What is trained comes from the one default definition (params.prompt_tuning_groups).
+  assert "trainable_patterns" not in gin.config_str()
+  assert "param_groups" not in gin.config_str()
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()
   assert model.module.config.dropout_rate == 0.1
   hook = model.module.input_hook

@@ -144,7 +144,10 @@ def test_every_saved_prompt_is_exported_as_npy_and_peft_adapter(prompt_run):
     assert ckpt.all_steps() == [6, 12]
     run = ckpt.run_record(step=12)
   assert run["contents"] == "trainable"
-  assert run["run_metadata"]["trainable_patterns"] == ["^input_hook/.*"]
+  assert run["run_metadata"]["trainable_patterns"] == ["^input_hook/"]
+  groups = {g["name"]: g for g in run["run_metadata"]["param_groups"]}
+  assert groups["prompt"]["trainable"] and groups["prompt"]["export"] == "prompt"
+  assert not groups["model"]["trainable"] and groups["model"]["pattern"] is None
   assert run["base_checkpoint"]["format"] == "orbax"
   for step in (6, 12):
     npy = np.load(os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}",
