@@ -310,10 +310,18 @@ def flatten_eval_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> Dict[str, 
   return flat
 
 
+class _AboveProgressBars(logging.StreamHandler):
+  """Prints each log line above the progress bars on its terminal, not into the middle of one."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    with tqdm.tqdm.external_write_mode(file=self.stream):
+      super().emit(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
   """Sends the project's log lines to stderr with timestamps (entry points call this)."""
   if not _LOG.handlers:
-    handler = logging.StreamHandler()
+    handler = _AboveProgressBars()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     _LOG.addHandler(handler)
   _LOG.setLevel(level)

@@ -197,3 +197,19 @@ def test_eval_metrics_flatten_to_task_slash_metric():
   flat = reporting.flatten_eval_metrics({"rte": {"accuracy": 80.0, "wrapped": Wrapped(),
                                                  "text": "not a number"}})
   assert flat == {"rte/accuracy": 80.0, "rte/wrapped": 0.75}
+
+
+def test_log_lines_print_above_a_progress_bar(monkeypatch):
+  monkeypatch.setenv(reporting.PROGRESS_ENV, "1")
+  terminal = _Terminal()
+  handler = reporting._AboveProgressBars(terminal)  # pylint: disable=protected-access
+  handler.setFormatter(reporting.logging.Formatter("%(message)s"))
+  with reporting.progress(total=4, desc="predict", stream=terminal) as bar:
+    bar.update(2)
+    handler.emit(reporting.logging.makeLogRecord({"msg": "eval at step 2"}))
+    drawn = terminal.getvalue()
+  # The bar is wiped (carriage return, blanks, carriage return), the line printed on a clean
+  # line, and the bar drawn again at 2/4 below it.
+  before, after = drawn.split("eval at step 2\n")
+  assert before.endswith("\r") and before.rstrip("\r").endswith(" ")
+  assert after.startswith("\rpredict:  50%") and " 2/4 " in after
