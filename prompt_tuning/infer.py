@@ -92,7 +92,7 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.engine import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import data, reporting  # pylint: disable=g-import-not-at-top
 
   lengths = dict(dataset_cfg.task_feature_lengths)
   raw = task.get_dataset(sequence_length=lengths, split=dataset_cfg.split, shuffle=False,
@@ -105,7 +105,11 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
   records: List[Dict[str, Any]] = []
   rng = jax.random.PRNGKey(0)
   size = dataset_cfg.batch_size
-  for examples, features in tf.data.Dataset.zip((texts, converted)).batch(size).as_numpy_iterator():
+  bar = reporting.progress(total=reporting.known_length(raw) or num_examples,
+                           desc=f"{mode} {task.name}", unit="example",
+                           primary=jax.process_index() == 0)
+  batches = tf.data.Dataset.zip((texts, converted)).batch(size).as_numpy_iterator()
+  for examples, features in batches:
     batch = data.pad_rows({k: np.asarray(v) for k, v in features.items()}, size)
     real = len(next(iter(features.values())))
     inputs = examples["inputs"]
@@ -119,6 +123,8 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
                "tokens": [int(t) for t in row if t]} for row in tokens]
     for text, row in zip(inputs, rows):
       records.append({"index": len(records), "inputs": _text(text), **row})
+    bar.update(real)
+  bar.close()
   return records
 
 

@@ -140,11 +140,17 @@ def build_evaluator(config: data_lib.DatasetConfig, *, model: Any,
   return evaluator if evaluator.eval_tasks else None
 
 
-def _batched(dataset, batch_size: int):
-  """`(indices [n], global batch padded to batch_size, n)` over an enumerated model dataset."""
-  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    batch = {key: np.asarray(value) for key, value in features.items()}
-    yield np.asarray(indices), data_lib.pad_rows(batch, batch_size), len(indices)
+def _batched(dataset, batch_size: int, desc: str = ""):
+  """`(indices [n], global batch padded to batch_size, n)` over an enumerated model dataset.
+
+  Counts examples on a progress bar (an interactive terminal only, see `reporting.progress`).
+  """
+  with reporting.progress(total=reporting.known_length(dataset), desc=desc, unit="example",
+                          primary=jax.process_index() == 0, leave=False) as bar:
+    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+      batch = {key: np.asarray(value) for key, value in features.items()}
+      yield np.asarray(indices), data_lib.pad_rows(batch, batch_size), len(indices)
+      bar.update(len(indices))
 
 
 def make_predict_fn(runner: ModelRunner, trainable, frozen, *, batch_size: int,
@@ -155,7 +161,7 @@ def make_predict_fn(runner: ModelRunner, trainable, frozen, *, batch_size: int,
     del model_feature_shapes
     outputs: List[Tuple[int, Sequence[int]]] = []
     rng = jax.random.PRNGKey(seed)
-    for indices, batch, real in _batched(dataset, batch_size):
+    for indices, batch, real in _batched(dataset, batch_size, desc="predict"):
       rng, step_rng = jax.random.split(rng)
       tokens = runner.predict(trainable, frozen, batch, step_rng)[:real]
       outputs.extend((int(i), [int(t) for t in row]) for i, row in zip(indices, tokens))
@@ -170,7 +176,7 @@ def make_score_fn(runner: ModelRunner, trainable, frozen, *, batch_size: int) ->
   def score_fn(dataset, model_feature_shapes=None):
     del model_feature_shapes
     outputs: List[Tuple[int, float]] = []
-    for indices, batch, real in _batched(dataset, batch_size):
+    for indices, batch, real in _batched(dataset, batch_size, desc="score"):
       scores = runner.score(trainable, frozen, batch)[:real]
       outputs.extend((int(i), float(s)) for i, s in zip(indices, scores))
     return outputs
@@ -216,14 +222,17 @@ def run_train_eval(config: data_lib.DatasetConfig, runner: ModelRunner, trainabl
         num_epochs=1, use_cached=config.use_cached, seed=config.seed)
     totals: Dict[str, float] = {}
     count = 0
-    for batch, real in data_lib.eval_batches(dataset, batch_size=config.batch_size):
-      if real < config.batch_size:  # a padded batch would bias the token-mean metrics
-        break
-      for name, value in runner.loss_metrics(trainable, frozen, batch).items():
-        totals[name] = totals.get(name, 0.0) + value
-      count += 1
-      if num_batches is not None and count >= num_batches:
-        break
+    with reporting.progress(total=num_batches, desc=f"train-eval {task.name}", unit="batch",
+                            primary=jax.process_index() == 0, leave=False) as bar:
+      for batch, real in data_lib.eval_batches(dataset, batch_size=config.batch_size):
+        if real < config.batch_size:  # a padded batch would bias the token-mean metrics
+          break
+        for name, value in runner.loss_metrics(trainable, frozen, batch).items():
+          totals[name] = totals.get(name, 0.0) + value
+        count += 1
+        bar.update(1)
+        if num_batches is not None and count >= num_batches:
+          break
     if count:
       results[task.name] = {name: total / count for name, total in totals.items()}
   return results

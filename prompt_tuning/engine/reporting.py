@@ -1,19 +1,24 @@
-"""Metrics out of a run: JSONL files, TensorBoard summaries, log lines and a progress bar.
+"""Metrics out of a run: JSONL files, TensorBoard summaries, learning curves, log lines, progress.
 
-Every scalar a run reports goes to three places (on the primary process only, so a pod writes
+Every scalar a run reports goes to these places (on the primary process only, so a pod writes
 each file once):
 
   <model_dir>/metrics/<kind>.jsonl    one JSON object per report: {"step": N, "name": value, ...}
-  <model_dir>/summaries/<kind>/       TensorBoard event files (scalar summaries)
+  <model_dir>/summaries/<kind>/       TensorBoard event files (`clu.metric_writers`), read by
+                                      `tensorboard --logdir <model_dir>`
+  <model_dir>/metrics/learning_curves.png
+                                      training runs only: loss, learning rate and eval metrics
+                                      against the step, redrawn at every eval and at the end
   the log                             one line per training report
 
-`kind` is 'train', 'train_eval' or 'infer_eval'. TensorBoard files are written with TensorFlow's
-low-level summary op and the scalar plugin's metadata, which TensorBoard reads like any scalar
-summary; the `tensorboard` package itself is not needed to write them.
+`kind` is 'train', 'train_eval' or 'infer_eval'. A resumed run replays the steps after its
+checkpoint, so when training starts at step S the rows past S (written by the interrupted run)
+are moved out of the JSONL files into `<kind>.dropped.jsonl`, and the curves never double back.
 
-Training reports carry loss, accuracy, learning rate, steps/s, examples/s and the ETA. In an
-interactive terminal a one-line progress bar is redrawn after every step; in a log file (no
-TTY) only the periodic report lines appear.
+Training reports carry loss, accuracy, learning rate, steps/s, examples/s and the ETA. Progress
+bars (tqdm) show training, evaluation and inference in an interactive terminal; in a log file
+(no TTY) only the periodic report lines appear. `PROMPT_TUNING_PROGRESS=0` hides the bars in a
+terminal, `=1` shows them in a pipe.
 """
 from __future__ import annotations
 
@@ -26,11 +31,15 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, TextIO
 
 import numpy as np
+import tqdm
 
 _LOG = logging.getLogger("prompt_tuning")
 TRAIN = "train"
 TRAIN_EVAL = "train_eval"
 INFER_EVAL = "infer_eval"
+KINDS = (TRAIN, TRAIN_EVAL, INFER_EVAL)
+LEARNING_CURVES = "learning_curves.png"
+PROGRESS_ENV = "PROMPT_TUNING_PROGRESS"
 
 
 def format_duration(seconds: float) -> str:
@@ -47,42 +56,39 @@ def _scalar(value: Any) -> float:
   return float(np.asarray(value))
 
 
-class _TensorBoardWriter:
-  """Scalar summaries in TensorBoard's event-file format, one writer per kind."""
-
-  def __init__(self, directory: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(directory)
-    self._metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-        data_class=summary_pb2.DATA_CLASS_SCALAR)
-
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    tf = self._tf
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                         metadata=self._metadata)
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
+def _summary_writer(directory: str) -> Any:
+  """clu's TensorBoard writer (scalars as TF summaries) for one kind's folder."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"TensorBoard summaries need `clu` and `tensorboard` ({e}); install the "
+                      "package with `pip install -e .`, or pass tensorboard=False.") from e
+  return metric_writers.SummaryWriter(directory)
 
 
 class MetricsWriter:
-  """Writes scalars of one run to JSONL and TensorBoard (primary process only)."""
+  """Writes scalars of one run to JSONL and TensorBoard (primary process only).
 
-  def __init__(self, *, model_dir: str, is_primary: bool = True, tensorboard: bool = True):
+  `begin_training(start_step)` (the `TrainingReporter` calls it) marks the writer as a training
+  run's: rows past the start step are dropped, and the learning-curve PNG is drawn at every eval
+  write and on `close`.
+  """
+
+  def __init__(self, *, model_dir: str, is_primary: bool = True, tensorboard: bool = True,
+               learning_curves: bool = False):
     self.model_dir = model_dir
     self.is_primary = is_primary
+    self.learning_curves = learning_curves
     self._tensorboard = tensorboard
-    self._tb: Dict[str, _TensorBoardWriter] = {}
+    self._tb: Dict[str, Any] = {}
+    self._wrote = False
 
   def jsonl_path(self, kind: str) -> str:
     return os.path.join(self.model_dir, "metrics", f"{kind}.jsonl")
+
+  @property
+  def learning_curves_path(self) -> str:
+    return os.path.join(self.model_dir, "metrics", LEARNING_CURVES)
 
   def write(self, kind: str, step: int, scalars: Mapping[str, Any]) -> Dict[str, float]:
     """Writes `scalars` (numbers or 0-d arrays) for `step`; returns them as floats."""
@@ -91,19 +97,88 @@ class MetricsWriter:
       return values
     path = self.jsonl_path(kind)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
+    record = {"step": int(step),
+              **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
     with open(path, "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
+    self._wrote = True
     if self._tensorboard:
       if kind not in self._tb:
-        self._tb[kind] = _TensorBoardWriter(os.path.join(self.model_dir, "summaries", kind))
-      self._tb[kind].write(int(step), values)
+        self._tb[kind] = _summary_writer(os.path.join(self.model_dir, "summaries", kind))
+      self._tb[kind].write_scalars(int(step), values)
+      self._tb[kind].flush()
+    if kind != TRAIN:
+      self.draw_learning_curves()
     return values
 
+  def begin_training(self, start_step: int) -> int:
+    """A training run starts (or resumes) at `start_step`: drops later rows, turns on the PNG.
+
+    Returns how many rows were moved to `<kind>.dropped.jsonl`.
+    """
+    self.learning_curves = True
+    return self.drop_rows_after(start_step)
+
+  def drop_rows_after(self, step: int) -> int:
+    """Moves rows with a step past `step` (and lines a kill cut short) out of the JSONL files.
+
+    They go, verbatim, to `metrics/<kind>.dropped.jsonl` (nothing is deleted); the kept rows
+    are rewritten atomically. Returns the number of rows moved.
+    """
+    if not self.is_primary:
+      return 0
+    moved = 0
+    for kind in KINDS:
+      path = self.jsonl_path(kind)
+      if not os.path.exists(path):
+        continue
+      with open(path) as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+      steps = [_row_step(line) for line in lines]
+      keep = [line for line, at in zip(lines, steps) if at is not None and at <= step]
+      late = [line for line, at in zip(lines, steps) if at is None or at > step]
+      if not late:
+        continue
+      with open(os.path.join(self.model_dir, "metrics", f"{kind}.dropped.jsonl"), "a") as f:
+        f.writelines(line + "\n" for line in late)
+      with open(path + ".tmp", "w") as f:
+        f.writelines(line + "\n" for line in keep)
+      os.replace(path + ".tmp", path)
+      moved += len(late)
+      _LOG.info("Training starts at step %d: moved %d rows written past it from %s to %s.",
+                step, len(late), path, f"{kind}.dropped.jsonl")
+    return moved
+
+  def draw_learning_curves(self) -> Optional[str]:
+    """Redraws `metrics/learning_curves.png` from the JSONL files (training runs only).
+
+    A picture is not worth stopping a run for: a failure to draw is logged, not raised.
+    """
+    if not (self.is_primary and self.learning_curves):
+      return None
+    from prompt_tuning import report  # pylint: disable=g-import-not-at-top
+    try:
+      run = report.load_run(self.model_dir)
+      report.plot_runs([run], self.learning_curves_path)
+    except Exception as e:  # pylint: disable=broad-except
+      _LOG.warning("Could not draw %s: %s", self.learning_curves_path, e)
+      return None
+    return self.learning_curves_path
+
   def close(self) -> None:
+    if self._wrote:
+      self.draw_learning_curves()
     for writer in self._tb.values():
       writer.close()
     self._tb.clear()
+
+
+def _row_step(line: str) -> Optional[int]:
+  """The step of one JSONL row, or None for a line that is not a complete record."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def read_jsonl(path: str) -> list:
@@ -112,31 +187,36 @@ def read_jsonl(path: str) -> list:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class ProgressBar:
-  """A one-line bar redrawn in place; draws nothing when the stream is not a terminal."""
+def show_progress(stream: Optional[TextIO] = None, *, primary: bool = True) -> bool:
+  """Bars on the primary process in a terminal; `PROMPT_TUNING_PROGRESS=0/1` overrides the TTY."""
+  if not primary:
+    return False
+  forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
+  if forced in ("0", "false", "no", "off"):
+    return False
+  if forced in ("1", "true", "yes", "on"):
+    return True
+  stream = stream or sys.stderr
+  return bool(getattr(stream, "isatty", lambda: False)())
 
-  def __init__(self, *, total: int, stream: Optional[TextIO] = None, width: int = 30):
-    self.stream = stream or sys.stdout
-    self.total = max(total, 1)
-    self.width = width
-    self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
-    self._drawn = False
 
-  def update(self, step: int, suffix: str = "") -> None:
-    if not self.enabled:
-      return
-    filled = int(self.width * min(step, self.total) / self.total)
-    bar = "#" * filled + "-" * (self.width - filled)
-    self.stream.write(f"\r[{bar}] {step}/{self.total} {suffix}\033[K")
-    self.stream.flush()
-    self._drawn = True
+def progress(iterable: Any = None, *, total: Optional[int] = None, desc: Optional[str] = None,
+             unit: str = "it", initial: int = 0, stream: Optional[TextIO] = None,
+             primary: bool = True, leave: bool = True) -> tqdm.tqdm:
+  """A tqdm bar on `stream` (stderr), disabled (drawing nothing) where `show_progress` says."""
+  stream = stream or sys.stderr
+  return tqdm.tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream,
+                   leave=leave, dynamic_ncols=True, mininterval=0.5,
+                   disable=not show_progress(stream, primary=primary))
 
-  def clear(self) -> None:
-    """Ends the bar's line so that a log line does not overwrite it."""
-    if self._drawn:
-      self.stream.write("\n")
-      self.stream.flush()
-      self._drawn = False
+
+def known_length(dataset: Any) -> Optional[int]:
+  """A tf.data dataset's length when TensorFlow knows it (else None: the bar just counts)."""
+  try:
+    length = int(dataset.cardinality())
+  except (AttributeError, TypeError, ValueError):
+    return None
+  return length if length >= 0 else None
 
 
 class TrainingReporter:
@@ -153,8 +233,9 @@ class TrainingReporter:
     self._clock = clock
     self.total_steps = total_steps
     self.batch_size = batch_size
-    self._bar = ProgressBar(total=total_steps, stream=stream)
-    self._bar.enabled = self._bar.enabled and writer.is_primary
+    writer.begin_training(start_step)
+    self._bar = progress(total=total_steps, initial=start_step, desc="train", unit="step",
+                         stream=stream, primary=writer.is_primary)
     self._sums: Dict[str, Any] = {}
     self._latest: Dict[str, Any] = {}
     self._count = 0
@@ -172,10 +253,7 @@ class TrainingReporter:
     self._count += 1
 
   def step_done(self, step: int) -> None:
-    elapsed = self._clock() - self._start_time
-    done = step - self._start_step
-    eta = (self.total_steps - step) * elapsed / done if done else float("inf")
-    self._bar.update(step, f"ETA {format_duration(eta)}")
+    self._bar.update(step - self._bar.n)
 
   def report(self, step: int) -> Dict[str, float]:
     """Writes the averages since the last report plus throughput; returns what it wrote."""
@@ -196,9 +274,17 @@ class TrainingReporter:
     self._bar.clear()
     if self.writer.is_primary:
       _LOG.info("%s", format_train_line(step, self.total_steps, values, eta))
+    if step >= self.total_steps:
+      self.close()
+    else:
+      self._bar.refresh()
     self._sums, self._count = {}, 0
     self._last_time, self._last_step = now, step
     return values
+
+  def close(self) -> None:
+    """Ends the progress bar (the last report does this itself)."""
+    self._bar.close()
 
 
 def format_train_line(step: int, total: int, values: Mapping[str, float], eta: float) -> str:
@@ -224,10 +310,18 @@ def flatten_eval_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> Dict[str, 
   return flat
 
 
+class _AboveProgressBars(logging.StreamHandler):
+  """Prints each log line above the progress bars on its terminal, not into the middle of one."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    with tqdm.tqdm.external_write_mode(file=self.stream):
+      super().emit(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
   """Sends the project's log lines to stderr with timestamps (entry points call this)."""
   if not _LOG.handlers:
-    handler = logging.StreamHandler()
+    handler = _AboveProgressBars()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     _LOG.addHandler(handler)
   _LOG.setLevel(level)
