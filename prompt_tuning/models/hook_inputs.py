@@ -21,14 +21,17 @@ class HookInput:
 
   Attributes:
     name: the batch key (and the key of the task's examples).
-    shape: the shape of one example's value; `None` entries take the task feature length of
-      `name` (e.g. `(None,)` for a token sequence whose length the run sets).
+    shape: the shape of one example's value; `None` entries take a length from the run's
+      task feature lengths (e.g. `(None,)` for a token sequence): `task_feature_lengths[name]`
+      if set, else the length of the feature `length_from`.
     dtype: numpy dtype name.
+    length_from: a task feature (e.g. 'inputs') whose length `None` entries take by default.
   """
 
   name: str
   shape: Tuple[Optional[int], ...] = ()
   dtype: str = "int32"
+  length_from: Optional[str] = None
 
   def resolved_shape(self, task_feature_lengths: Optional[Mapping[str, int]] = None
                      ) -> Tuple[int, ...]:
@@ -36,10 +39,11 @@ class HookInput:
     if all(d is not None for d in self.shape):
       return tuple(self.shape)
     lengths = dict(task_feature_lengths or {})
-    if self.name not in lengths:
+    length = lengths.get(self.name, lengths.get(self.length_from))
+    if length is None:
       raise ValueError(f"Hook input {self.name!r} has shape {self.shape}; set its length with "
                        f"task_feature_lengths[{self.name!r}].")
-    return tuple(lengths[self.name] if d is None else d for d in self.shape)
+    return tuple(length if d is None else d for d in self.shape)
 
   def flat_length(self, task_feature_lengths: Optional[Mapping[str, int]] = None) -> int:
     """Elements per example: data pipelines carry the value flattened to this length."""

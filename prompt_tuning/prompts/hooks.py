@@ -3,8 +3,8 @@
 A model holds the hook in its `input_hook` field. The provider shares the hook's variable scope,
 so its parameters sit directly under the hook's scope: a `Prompt` is `<hook>/prompt` ([P, H]) and
 a `PromptTable` is `<hook>/prompt_table` ([K, P, H]); an input-dependent generator's submodules
-appear as `<hook>/<submodule>/...` (the scope is named in `engine/params.py`). Checkpoints and `.npy` exports therefore name
-a prompt the same way whatever combiner options are chosen.
+appear as `<hook>/<submodule>/...` (the scope is named in `engine/params.py`). Checkpoints and
+`.npy` exports therefore name a prompt the same way whatever combiner options are chosen.
 """
 from __future__ import annotations
 
