@@ -33,9 +33,11 @@ import asyncio
 import dataclasses
 import json
 import logging
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -49,6 +51,7 @@ BASE_CHECKPOINT_FORMATS = ("t5x", "orbax", "hf")
 _FORMERLY = {"hf_safetensors": "hf"}
 _COMMIT_MARKER = integrity.COMMIT_MARKER
 ON_DAMAGE = ("quarantine", "stop", "skip")
+_FAILED = -2  # `_decided_on_primary`: process 0 raised
 
 
 class CheckpointDamagedError(ValueError):
@@ -361,10 +364,15 @@ class CheckpointManager:
       raise ValueError("Pass exactly one of state_target and params_target.")
     step = self._resolve_step(step)
     if verify:
-      report = self.verify(step=step)[0]
-      if not report.usable:
-        raise CheckpointDamagedError(
-            f"Checkpoint step {step} in {self.directory} is {report.status}: {report.reason}")
+
+      def check() -> int:
+        report = self.verify(step=step)[0]
+        if not report.usable:
+          raise CheckpointDamagedError(
+              f"Checkpoint step {step} in {self.directory} is {report.status}: {report.reason}")
+        return 0
+
+      self._decided_on_primary(check)
     run = self.run_record(step=step)
     if frozen_target is not None and run.get("contents") != "full":
       raise ValueError(
@@ -390,11 +398,37 @@ class CheckpointManager:
     )
 
   # -- integrity -----------------------------------------------------------------------------
+  #
+  # In a multi-process run only process 0 reads checksums and moves folders (every host hashing
+  # a full checkpoint would multiply the reads, and two hosts renaming one folder would race);
+  # the others receive its decision through `_decided_on_primary`.
 
   def verify(self, *, step: Optional[int] = None) -> list[integrity.StepReport]:
     """Checksum verdicts for every step folder (or one step), oldest first."""
     self._manager.wait_until_finished()
     return integrity.verify_directory(self.directory, step)
+
+  def _decided_on_primary(self, decide: Callable[[], int]) -> int:
+    """Runs `decide` on process 0 only; every process returns its result (an int >= -1).
+
+    An error on process 0 is raised there and, as one sentence, on the other processes.
+    """
+    if jax.process_count() == 1:
+      return decide()
+    code, error = _FAILED, None
+    if jax.process_index() == 0:
+      try:
+        code = decide()
+      except Exception as caught:  # pylint: disable=broad-except  # re-raised below
+        error = caught
+    code = int(multihost_utils.broadcast_one_to_all(np.int64(code)))
+    if error is not None:
+      raise error
+    if code == _FAILED:
+      raise CheckpointDamagedError(
+          f"Process 0 stopped while checking the checkpoints in {self.directory} (its log "
+          "names the step and the cause)")
+    return code
 
   def _set_aside(self, report: integrity.StepReport, on_damage: str) -> None:
     """Applies `on_damage` to an unusable step: move it aside, stop, or (read-only) skip it."""
@@ -418,6 +452,7 @@ class CheckpointManager:
     naming the step and the cause; 'skip' (for read-only readers) only logs and passes over it.
     Steps older than the one returned are left alone. Call this before saving: in-flight saves
     of this manager are waited for, but another writer's save in progress would look incomplete.
+    All processes of a run call it together; process 0 decides.
 
     Returns:
       The step, or None when there is none left (a fresh start).
@@ -431,19 +466,26 @@ class CheckpointManager:
     if self._read_only and on_damage == "quarantine":
       raise ValueError("A read-only checkpoint manager cannot move steps; use on_damage="
                        "'skip' or 'stop'.")
-    if not self.directory.exists():
-      return None
     self._manager.wait_until_finished()
-    try:
+
+    def pick() -> int:  # -1: none; else 2 * step + (1 if checksums verified)
+      if not self.directory.exists():
+        return -1
       folders = integrity.step_folders(self.directory)
       for step in sorted(folders, reverse=True):  # newest first; older steps are not read
         report = integrity.verify_directory(self.directory, step)[0]
         if report.usable:
-          return report
+          return 2 * step + int(report.status == integrity.OK)
         self._set_aside(report, on_damage)
-      return None
+      return -1
+
+    try:
+      code = self._decided_on_primary(pick)
     finally:
       self._manager.reload()  # forget moved steps, so their numbers can be saved again
+    if code < 0:
+      return None
+    return integrity.StepReport(code // 2, integrity.OK if code % 2 else integrity.UNVERIFIED)
 
   def restore_resumable(
       self,
@@ -457,7 +499,7 @@ class CheckpointManager:
     `frozen_target` is used only for steps that hold the frozen parameters (full checkpoints),
     so a trainer can always pass it. A step that passes its checksums but does not fit the
     targets is not damaged — the run's settings changed — and raises one sentence; a step
-    without checksums that fails to restore is treated as damaged.
+    without checksums that fails to restore (on any process) is treated as damaged.
 
     Returns:
       What `restore` returns, or None when there is no usable step (a fresh start).
@@ -467,27 +509,34 @@ class CheckpointManager:
       if report is None:
         return None
       step, verified = report.step, report.status == integrity.OK
+      restored, error = None, None
       try:
         run = self.run_record(step=step)
         use_frozen = frozen_target if run.get("contents") == "full" else None
         if use_frozen is not None and not jax.tree.leaves(use_frozen):
           use_frozen = None
-        return self.restore(state_target=state_target, frozen_target=use_frozen, step=step,
-                            verify=False)
-      except Exception as error:  # pylint: disable=broad-except
-        if verified:
-          raise ValueError(
-              f"Checkpoint step {step} in {self.directory} matches its checksums but does not "
-              f"fit this run ({_first_line(error)}); resume with the settings it was saved with "
-              "or use a new model_dir") from error
-        self._set_aside(integrity.StepReport(
-            step, integrity.DAMAGED, f"it could not be restored: {_first_line(error)}",
-            "unrestorable"),
-            on_damage)
-        if on_damage == "skip":
-          raise CheckpointDamagedError(
-              f"Checkpoint step {step} in {self.directory} could not be restored: "
-              f"{_first_line(error)}") from error
+        restored = self.restore(state_target=state_target, frozen_target=use_frozen, step=step,
+                                verify=False)
+      except Exception as caught:  # pylint: disable=broad-except  # classified below
+        error = caught
+      failed = error is not None
+      if jax.process_count() > 1:  # a host may fail on the shards only it reads
+        failed = bool(np.any(multihost_utils.process_allgather(np.int32(failed))))
+      if not failed:
+        return restored
+      cause = _first_line(error) if error is not None else "it failed on another process"
+      if verified:
+        raise ValueError(
+            f"Checkpoint step {step} in {self.directory} matches its checksums but does not "
+            f"fit this run ({cause}); resume with the settings it was saved with or use a new "
+            "model_dir") from error
+      damage = integrity.StepReport(step, integrity.DAMAGED,
+                                    f"it could not be restored: {cause}", "unrestorable")
+      if on_damage == "skip":
+        raise CheckpointDamagedError(
+            f"Checkpoint step {step} in {self.directory} could not be restored: {cause}"
+        ) from error
+      self._decided_on_primary(lambda damage=damage: self._set_aside(damage, on_damage) or 0)
 
   # -- lifecycle -----------------------------------------------------------------------------
 

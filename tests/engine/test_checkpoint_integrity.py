@@ -305,3 +305,60 @@ def test_verify_command_reports_each_step_and_exits_non_zero_on_damage(run):
   nowhere = _verify(str(directory / "nope"))
   assert (nowhere.returncode, nowhere.stderr.strip()) == (
       2, f"Error: Checkpoint directory {directory / 'nope'} does not exist.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Two processes: process 0 checks and moves, both resume from the same step.
+
+TWO_PROCESS_SCRIPT = """
+import json, os, sys, time
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2,
+                           process_id=int(sys.argv[3]))
+import jax.numpy as jnp, numpy as np, optax
+from jax.experimental import multihost_utils
+from prompt_tuning.engine import checkpoints, train_state
+
+directory = sys.argv[1]
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+def state(value):  # one global array over both processes' devices
+  return jax.jit(lambda: train_state.create_train_state(
+      trainable_params={"input_hook": {"prompt": jnp.full((4, 8), value)}},
+      optimizer=optax.adam(0.1), rng=jax.random.PRNGKey(0)), out_shardings=replicated)()
+with checkpoints.CheckpointManager(directory=directory) as manager:
+  for step in (1, 2, 3):
+    manager.save(step=step, state=state(float(step)))
+multihost_utils.sync_global_devices("saved")
+if jax.process_index() == 0:
+  data = os.path.join(directory, "3", "params", "ocdbt.process_0", "d")
+  path = os.path.join(data, sorted(os.listdir(data))[0])
+  raw = bytearray(open(path, "rb").read()); raw[len(raw) // 2] ^= 0xFF
+  open(path, "wb").write(bytes(raw))
+multihost_utils.sync_global_devices("damaged")
+with checkpoints.CheckpointManager(directory=directory) as manager:
+  restored = manager.restore_resumable(state_target=state(0.0))
+  prompt = np.asarray(restored.state.params["input_hook"]["prompt"])
+  print(json.dumps({"step": restored.step, "prompt": float(prompt.max()),
+                    "aside": sorted(os.listdir(os.path.join(directory, "damaged")))}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_step_and_move_the_damaged_one_once(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  children = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS_SCRIPT, str(tmp_path), f"127.0.0.1:{port}", str(i)],
+      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+  outputs = [child.communicate(timeout=240) for child in children]
+  for child, (_, err) in zip(children, outputs):
+    assert child.returncode == 0, err[-3000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert results == [{"step": 2, "prompt": 2.0, "aside": ["3-checksum-mismatch"]}] * 2

@@ -166,7 +166,8 @@ def test_real_gin_operative_config_round_trips():
         BS = {batch}
         LENGTHS = {{'inputs': 512, 'targets': 16}}
         resume_check_test.train.train_dataset_cfg = @train/resume_check_test.DatasetConfig()
-        resume_check_test.train.infer_eval_dataset_cfg = @validation/resume_check_test.DatasetConfig()
+        resume_check_test.train.infer_eval_dataset_cfg = \
+            @validation/resume_check_test.DatasetConfig()
         resume_check_test.train.eval_period = {eval_period}
         train/resume_check_test.DatasetConfig.batch_size = %BS
         train/resume_check_test.DatasetConfig.lengths = %LENGTHS
