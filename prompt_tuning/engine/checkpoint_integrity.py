@@ -118,14 +118,14 @@ def _structure_problem(step_dir: epath.Path) -> Optional[str]:
   for item in REQUIRED_ITEMS:
     if not (step_dir / item).is_dir():
       return f"its '{item}' folder is missing"
-  for name in ("run/metadata",):
-    path = step_dir / name
-    try:
-      record = json.loads(path.read_text()) if path.exists() else None
-    except (ValueError, OSError) as error:
-      return f"'{name}' is not readable JSON ({error})"
-    if not isinstance(record, dict):
-      return f"'{name}' is missing or empty"
+  path = step_dir / "run" / "metadata"  # the run record (a JSON object)
+  try:
+    text = path.read_text() if path.exists() else ""
+    record = json.loads(text) if text.strip() else None
+  except (ValueError, OSError) as error:
+    return f"'run/metadata' is not readable JSON ({error})"
+  if not isinstance(record, dict):
+    return "'run/metadata' is missing or empty"
   for item in ("params", "train"):
     if not any(True for _ in (step_dir / item).iterdir()):
       return f"its '{item}' folder is empty"

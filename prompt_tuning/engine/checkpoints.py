@@ -137,8 +137,9 @@ class CheckpointManager:
 
     with CheckpointManager(directory=workdir / 'checkpoints', keep_latest=3,
                            base_checkpoint=BaseCheckpoint(path=..., format='t5x')) as ckpt:
-      if ckpt.latest_step() is not None:
-        state = ckpt.restore(state_target=abstract_target(state, shardings)).state
+      restored = ckpt.restore_resumable(state_target=abstract_target(state, shardings))
+      if restored is not None:  # the newest step that verifies; damaged ones moved aside
+        state = restored.state
       ...
       ckpt.save(step=int(state.step), state=state, metrics={'loss': loss})
   """

@@ -242,6 +242,33 @@ def test_step_saved_before_checksums_is_unverified_and_restores(run, caplog):
   np.testing.assert_array_equal(_prompt(restored.state), prompts[3])
 
 
+@pytest.mark.parametrize("damage, reason", [
+    (_empty_run_record, "'run/metadata' is missing or empty"),
+    (_remove_params_folder, "its 'params' folder is missing"),
+])
+def test_step_without_checksums_is_still_checked_for_structure(run, damage, reason):
+  directory, _ = run
+  (directory / "3" / "checksums.json").unlink()
+  damage(directory / "3")
+  (report,) = integrity.verify_directory(directory, step=3)
+  assert (report.status, report.reason, report.tag) == ("damaged", reason, "structure")
+  with checkpoints.CheckpointManager(directory=directory) as manager:
+    assert manager.resumable_step() == 2
+  assert [p.name for p in (directory / "damaged").iterdir()] == ["3-structure"]
+
+
+def test_a_step_damaged_twice_is_kept_twice(run):
+  directory, _ = run
+  with checkpoints.CheckpointManager(directory=directory) as manager:
+    for _ in range(2):
+      _flip_bytes(directory / "3")
+      assert manager.resumable_step() == 2
+      manager.save(step=3, state=_advance(manager.restore(state_target=_initial()).state, 1))
+      manager.wait_until_finished()
+  assert sorted(p.name for p in (directory / "damaged").iterdir()) == [
+      "3-checksum-mismatch", "3-checksum-mismatch-2"]
+
+
 def test_unverified_step_that_fails_to_restore_falls_back(run):
   directory, prompts = run
   (directory / "3" / "checksums.json").unlink()
