@@ -149,6 +149,9 @@ def verify_step(step_dir: epath.PathLike, step: Optional[int] = None) -> StepRep
   except (ValueError, OSError) as error:
     return StepReport(step, DAMAGED, f"{MANIFEST_FILE} is unreadable ({error})",
                       "manifest-unreadable")
+  for item in sorted({name.split("/")[0] for name in expected if "/" in name}):
+    if not (step_dir / item).is_dir():
+      return StepReport(step, DAMAGED, f"its '{item}' folder is missing", "missing-folder")
   for name, entry in sorted(expected.items()):
     path = step_dir / name
     if not path.is_file():

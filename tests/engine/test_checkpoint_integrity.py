@@ -104,7 +104,7 @@ def _empty_run_record(step_dir):
 def _remove_params_folder(step_dir):
   import shutil  # pylint: disable=import-outside-toplevel
   shutil.rmtree(step_dir / "params")
-  return "'params/"
+  return "its 'params' folder is missing"
 
 
 def _remove_commit_marker(step_dir):
@@ -117,7 +117,7 @@ DAMAGE = {
     "truncate": (_truncate, "damaged", "wrong-size"),
     "delete_file": (_delete_file, "damaged", "missing-file"),
     "empty_run_record": (_empty_run_record, "damaged", "wrong-size"),
-    "missing_params_folder": (_remove_params_folder, "damaged", "missing-file"),
+    "missing_params_folder": (_remove_params_folder, "damaged", "missing-folder"),
     "no_commit_marker": (_remove_commit_marker, "incomplete", "no-commit-marker"),
 }
 
