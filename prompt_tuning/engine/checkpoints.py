@@ -19,19 +19,29 @@ Atomicity (checked in tests/engine/test_checkpoints.py): orbax writes a step int
 the previous step stays the latest; the next manager removes such leftovers. As a second guard,
 this module treats a step directory without `commit_success.txt` (e.g. from an interrupted copy)
 as incomplete: it is skipped when picking the latest step and refused when asked for by number.
+
+Integrity (checked in tests/engine/test_checkpoint_integrity.py): every committed step holds
+`checksums.json` (see `checkpoint_integrity`), written in the same atomic commit. `restore`
+verifies the step first; `restore_resumable` / `resumable_step` pick the newest step that
+verifies and restores, moving damaged or incomplete steps to `<directory>/damaged/` (never
+deleting them) so training can write those step numbers again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prompt_tuning.engine import checkpoint_integrity as integrity
 from prompt_tuning.engine.train_state import TrainState
 
 FORMAT_VERSION = 1
@@ -39,7 +49,13 @@ FORMAT_VERSION = 1
 BASE_CHECKPOINT_FORMATS = ("t5x", "orbax", "hf")
 # Names earlier versions recorded, read as today's.
 _FORMERLY = {"hf_safetensors": "hf"}
-_COMMIT_MARKER = "commit_success.txt"
+_COMMIT_MARKER = integrity.COMMIT_MARKER
+ON_DAMAGE = ("quarantine", "stop", "skip")
+_FAILED = -2  # `_decided_on_primary`: process 0 raised
+
+
+class CheckpointDamagedError(ValueError):
+  """A checkpoint step is damaged or incomplete; the message names the step and the cause."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +137,9 @@ class CheckpointManager:
 
     with CheckpointManager(directory=workdir / 'checkpoints', keep_latest=3,
                            base_checkpoint=BaseCheckpoint(path=..., format='t5x')) as ckpt:
-      if ckpt.latest_step() is not None:
-        state = ckpt.restore(state_target=abstract_target(state, shardings)).state
+      restored = ckpt.restore_resumable(state_target=abstract_target(state, shardings))
+      if restored is not None:  # the newest step that verifies; damaged ones moved aside
+        state = restored.state
       ...
       ckpt.save(step=int(state.step), state=state, metrics={'loss': loss})
   """
@@ -206,6 +223,8 @@ class CheckpointManager:
         cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=async_save,
     )
+    options = dataclasses.replace(
+        options, temporary_path_class=_manifested_temporary_path(self.directory))
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("params", "train", "frozen", "run"), options=options
     )
@@ -308,8 +327,17 @@ class CheckpointManager:
   def run_record(self, *, step: Optional[int] = None) -> dict:
     """The JSON record of a step (latest by default): base checkpoint, contents, metadata."""
     step = self._resolve_step(step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))
-    return dict(restored.run)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))
+      record = restored.run
+    except Exception as error:  # orbax / JSON errors name no step; ours does
+      raise CheckpointDamagedError(
+          f"Checkpoint step {step} in {self.directory} has no readable run record "
+          f"(run/metadata): {_first_line(error)}") from error
+    if not isinstance(record, dict):
+      raise CheckpointDamagedError(
+          f"Checkpoint step {step} in {self.directory} has an empty run record (run/metadata)")
+    return dict(record)
 
   def restore(
       self,
@@ -318,6 +346,7 @@ class CheckpointManager:
       params_target: Any = None,
       frozen_target: Any = None,
       step: Optional[int] = None,
+      verify: bool = True,
   ) -> Restored:
     """Restores a step (latest complete by default) directly into the targets' shardings.
 
@@ -325,13 +354,26 @@ class CheckpointManager:
     trees of ShapeDtypeStructs with `.sharding` (see `abstract_target`) or arrays whose
     sharding is reused; each array is read straight into its target layout.
 
+    With `verify` (the default) the step's files are first checked against its checksums.
+
     Raises:
       FileNotFoundError: the directory, or the step, does not exist or is incomplete.
+      CheckpointDamagedError: the step does not match its checksums or lacks a part.
       ValueError: `frozen_target` was given but the step saved no frozen parameters.
     """
     if (state_target is None) == (params_target is None):
       raise ValueError("Pass exactly one of state_target and params_target.")
     step = self._resolve_step(step)
+    if verify:
+
+      def check() -> int:
+        report = self.verify(step=step)[0]
+        if not report.usable:
+          raise CheckpointDamagedError(
+              f"Checkpoint step {step} in {self.directory} is {report.status}: {report.reason}")
+        return 0
+
+      self._decided_on_primary(check)
     run = self.run_record(step=step)
     if frozen_target is not None and run.get("contents") != "full":
       raise ValueError(
@@ -356,6 +398,147 @@ class CheckpointManager:
         run=run,
     )
 
+  # -- integrity -----------------------------------------------------------------------------
+  #
+  # In a multi-process run only process 0 reads checksums and moves folders (every host hashing
+  # a full checkpoint would multiply the reads, and two hosts renaming one folder would race);
+  # the others receive its decision through `_decided_on_primary`.
+
+  def verify(self, *, step: Optional[int] = None) -> list[integrity.StepReport]:
+    """Checksum verdicts for every step folder (or one step), oldest first."""
+    self._manager.wait_until_finished()
+    return integrity.verify_directory(self.directory, step)
+
+  def _decided_on_primary(self, decide: Callable[[], int]) -> int:
+    """Runs `decide` on process 0 only; every process returns its result (an int >= -1).
+
+    An error on process 0 is raised there and, as one sentence, on the other processes.
+    """
+    if jax.process_count() == 1:
+      return decide()
+    code, error = _FAILED, None
+    if jax.process_index() == 0:
+      try:
+        code = decide()
+      except Exception as caught:  # pylint: disable=broad-except  # re-raised below
+        error = caught
+    code = int(multihost_utils.broadcast_one_to_all(np.int64(code)))
+    if error is not None:
+      raise error
+    if code == _FAILED:
+      raise CheckpointDamagedError(
+          f"Process 0 stopped while checking the checkpoints in {self.directory} (its log "
+          "names the step and the cause)")
+    return code
+
+  def _set_aside(self, report: integrity.StepReport, on_damage: str) -> None:
+    """Applies `on_damage` to an unusable step: move it aside, stop, or (read-only) skip it."""
+    where = f"Checkpoint step {report.step} in {self.directory} is {report.status}"
+    if on_damage == "stop":
+      raise CheckpointDamagedError(
+          f"{where}: {report.reason}; move it aside or resume with on_damage='quarantine'")
+    if on_damage == "skip":
+      logging.warning("%s (%s); skipping it.", where, report.reason)
+      return
+    moved = integrity.quarantine(self.directory, report)
+    logging.warning("%s (%s); moved it to %s and resuming from an earlier step.", where,
+                    report.reason, moved)
+
+  def resumable_step(self, *, on_damage: str = "quarantine") -> Optional[int]:
+    """The newest step that verifies (checksums, or structure for steps saved without them).
+
+    Newer steps that are damaged or incomplete (no commit marker) are handled by `on_damage`:
+    'quarantine' moves each to `<directory>/damaged/<step>-<kind of damage>` with one log
+    sentence, freeing its step number for retraining; 'stop' raises `CheckpointDamagedError`
+    naming the step and the cause; 'skip' (for read-only readers) only logs and passes over it.
+    Steps older than the one returned are left alone. Call this before saving: in-flight saves
+    of this manager are waited for, but another writer's save in progress would look incomplete.
+    All processes of a run call it together; process 0 decides.
+
+    Returns:
+      The step, or None when there is none left (a fresh start).
+    """
+    report = self._resumable_report(on_damage)
+    return None if report is None else report.step
+
+  def _resumable_report(self, on_damage: str) -> Optional[integrity.StepReport]:
+    if on_damage not in ON_DAMAGE:
+      raise ValueError(f"on_damage must be one of {list(ON_DAMAGE)}, got {on_damage!r}.")
+    if self._read_only and on_damage == "quarantine":
+      raise ValueError("A read-only checkpoint manager cannot move steps; use on_damage="
+                       "'skip' or 'stop'.")
+    self._manager.wait_until_finished()
+
+    def pick() -> int:  # -1: none; else 2 * step + (1 if checksums verified)
+      if not self.directory.exists():
+        return -1
+      folders = integrity.step_folders(self.directory)
+      for step in sorted(folders, reverse=True):  # newest first; older steps are not read
+        report = integrity.verify_directory(self.directory, step)[0]
+        if report.usable:
+          return 2 * step + int(report.status == integrity.OK)
+        self._set_aside(report, on_damage)
+      return -1
+
+    try:
+      code = self._decided_on_primary(pick)
+    finally:
+      self._manager.reload()  # forget moved steps, so their numbers can be saved again
+    if code < 0:
+      return None
+    return integrity.StepReport(code // 2, integrity.OK if code % 2 else integrity.UNVERIFIED)
+
+  def restore_resumable(
+      self,
+      *,
+      state_target: TrainState,
+      frozen_target: Any = None,
+      on_damage: str = "quarantine",
+  ) -> Optional[Restored]:
+    """Restores the newest step that verifies and restores (see `resumable_step`).
+
+    `frozen_target` is used only for steps that hold the frozen parameters (full checkpoints),
+    so a trainer can always pass it. A step that passes its checksums but does not fit the
+    targets is not damaged — the run's settings changed — and raises one sentence; a step
+    without checksums that fails to restore (on any process) is treated as damaged.
+
+    Returns:
+      What `restore` returns, or None when there is no usable step (a fresh start).
+    """
+    while True:
+      report = self._resumable_report(on_damage)
+      if report is None:
+        return None
+      step, verified = report.step, report.status == integrity.OK
+      restored, error = None, None
+      try:
+        run = self.run_record(step=step)
+        use_frozen = frozen_target if run.get("contents") == "full" else None
+        if use_frozen is not None and not jax.tree.leaves(use_frozen):
+          use_frozen = None
+        restored = self.restore(state_target=state_target, frozen_target=use_frozen, step=step,
+                                verify=False)
+      except Exception as caught:  # pylint: disable=broad-except  # classified below
+        error = caught
+      failed = error is not None
+      if jax.process_count() > 1:  # a host may fail on the shards only it reads
+        failed = bool(np.any(multihost_utils.process_allgather(np.int32(failed))))
+      if not failed:
+        return restored
+      cause = _first_line(error) if error is not None else "it failed on another process"
+      if verified:
+        raise ValueError(
+            f"Checkpoint step {step} in {self.directory} matches its checksums but does not "
+            f"fit this run ({cause}); resume with the settings it was saved with or use a new "
+            "model_dir") from error
+      damage = integrity.StepReport(step, integrity.DAMAGED,
+                                    f"it could not be restored: {cause}", "unrestorable")
+      if on_damage == "skip":
+        raise CheckpointDamagedError(
+            f"Checkpoint step {step} in {self.directory} could not be restored: {cause}"
+        ) from error
+      self._decided_on_primary(lambda damage=damage: self._set_aside(damage, on_damage) or 0)
+
   # -- lifecycle -----------------------------------------------------------------------------
 
   def wait_until_finished(self) -> None:
@@ -373,6 +556,12 @@ class CheckpointManager:
     self.close()
 
 
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text[:300].rstrip(".")
+
+
 def _train_part(state: TrainState) -> dict:
   return {
       "step": state.step,
@@ -380,3 +569,25 @@ def _train_part(state: TrainState) -> dict:
       "rng": state.rng,
       "data_position": state.data_position,
   }
+
+
+def _manifested_temporary_path(directory: epath.Path) -> type:
+  """Orbax's temporary-folder protocol for `directory`, plus our checksum manifest.
+
+  Orbax finalizes a step by writing `commit_success.txt` into its temporary folder and (on
+  POSIX) renaming it; items inside a step are finalized the same way just before. The step's
+  manifest is written between the last data write and the commit marker, so it is part of the
+  same atomic commit: a committed step always has checksums. Orbax runs this on the primary
+  process only, after every process's writes are done, and for async saves in its background
+  commit thread, so hashing never stalls training.
+  """
+  base = ocp.path.atomicity_defaults.get_default_temporary_path_class(directory)
+
+  class ManifestedTemporaryPath(base):
+
+    async def finalize(self, *args, **kwargs):
+      if self.get_final().name.isdigit():  # a step (items are named params, run, ...)
+        await asyncio.to_thread(integrity.write_manifest, self.get())
+      return await super().finalize(*args, **kwargs)
+
+  return ManifestedTemporaryPath

@@ -13,6 +13,11 @@ In the msgpack tree a large array is replaced by a tensorstore spec (a dict with
 norm scales, position bias tables, factored optimizer slots) are stored inline as arrays.
 Version 0 files hold the optimizer dict at the top level; versions 1-2 stored bfloat16 as uint16,
 which this reader refuses rather than misreading.
+
+The array paths come from the msgpack file, i.e. from whoever wrote the checkpoint: each must
+name an entry inside the checkpoint folder (no absolute path, no '..', no symlink leading out,
+no URL) and use a zarr-family driver, or the reader refuses the checkpoint before reading any
+array, so a crafted checkpoint cannot make it read other files.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import tensorstore as ts
 from prompt_tuning.engine.importers import base
 
 CHECKPOINT_FILE = "checkpoint"
+_ARRAY_DRIVERS = ("zarr", "zarr3", "n5")  # what T5X wrote; others could parse any file
 _TS_CONTEXT = ts.Context({"file_io_concurrency": {"limit": 64}})
 
 
@@ -53,6 +59,30 @@ def _spec_info(spec: Mapping[str, Any]) -> base.ArrayInfo:
   return base.ArrayInfo(shape=tuple(metadata["shape"]), dtype=np.dtype(jnp.dtype(dtype)))
 
 
+def _array_file(directory: str, name: str, spec: Mapping[str, Any]) -> str:
+  """The absolute path of a tensorstore spec's array inside `directory`, or a refusal.
+
+  Raises:
+    ValueError: one sentence naming the array and the path when it would leave the folder.
+  """
+  kvstore = spec.get("kvstore")
+  relative = kvstore.get("path") if isinstance(kvstore, dict) else kvstore
+  relative = relative or spec.get("path")
+  where = f"T5X checkpoint {directory} gives array '{name}' the path {relative!r}"
+  if spec.get("driver") not in _ARRAY_DRIVERS:
+    raise ValueError(f"T5X checkpoint {directory} gives array '{name}' the tensorstore driver "
+                     f"{spec.get('driver')!r}; only {list(_ARRAY_DRIVERS)} are read.")
+  if not isinstance(relative, str) or not relative.strip():
+    raise ValueError(f"{where}, which names no file.")
+  if "://" in relative or os.path.isabs(relative):
+    raise ValueError(f"{where}, which is not relative to the checkpoint folder; refusing it.")
+  root = os.path.realpath(directory)
+  target = os.path.realpath(os.path.join(root, relative))  # resolves '..' and symlinks
+  if target == root or os.path.commonpath([root, target]) != root:
+    raise ValueError(f"{where}, which leads outside the checkpoint folder; refusing it.")
+  return target
+
+
 class T5XLegacyReader(base.CheckpointReader):
   """Arrays of one section ('target' = parameters, 'state' = step and optimizer slots)."""
 
@@ -76,6 +106,9 @@ class T5XLegacyReader(base.CheckpointReader):
       raise ValueError(f"T5X checkpoint {directory} has no section {section!r}; it has "
                        f"{sorted(optimizer)}.")
     self._values = _flatten(optimizer[section])
+    # Every array's path is checked before anything is read.
+    self._files = {name: _array_file(directory, name, value)
+                   for name, value in self._values.items() if _is_spec(value)}
     self._stores: Dict[str, ts.TensorStore] = {}
 
   def entries(self) -> Mapping[str, base.ArrayInfo]:
@@ -91,8 +124,7 @@ class T5XLegacyReader(base.CheckpointReader):
   def _store(self, name: str) -> ts.TensorStore:
     if name not in self._stores:
       spec = self._values[name]
-      relative = spec["kvstore"].get("path") or spec.get("path")
-      kvstore = {"driver": "file", "path": os.path.join(self.path, relative)}
+      kvstore = {"driver": "file", "path": self._files[name]}
       self._stores[name] = ts.open({"driver": spec["driver"], "kvstore": kvstore},
                                    open=True, read=True, context=_TS_CONTEXT).result()
     return self._stores[name]
