@@ -62,6 +62,7 @@ def train(
     run_eval_before_training: bool = False,
     learning_rate_fn: Optional[Callable] = None,
     summarize_config_fn: Optional[Callable[[str], Any]] = None,
+    check_settings_fn: Optional[Callable[[str], Any]] = None,
 ) -> TrainResult:
   """Trains the selected parameters of `model` for `total_steps` steps.
 
@@ -94,11 +95,15 @@ def train(
     run_eval_before_training: evaluate once before the first step of a fresh run.
     learning_rate_fn: the schedule, for logging only (gin entry points fill it in).
     summarize_config_fn: called with `model_dir` once the model is built (writes config.gin).
+    check_settings_fn: called with `model_dir` before anything is loaded; the gin entry point
+      uses it to stop a resumed run whose settings changed unsoundly (`resume_check`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import data, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
 
   data.get_mixture_or_task(train_dataset_cfg)  # an unknown task fails before any model work
+  if check_settings_fn is not None:
+    check_settings_fn(model_dir)
   mesh_config = mesh_config or partitioning.MeshConfig()
   restore_cfg = restore_cfg or trainer.RestoreConfig()
   checkpoint_cfg = checkpoint_cfg or trainer.CheckpointConfig()
@@ -109,7 +114,7 @@ def train(
                           seed=random_seed)
   if summarize_config_fn is not None:
     summarize_config_fn(model_dir)
-  session = trainer.maybe_resume(session)
+  session = trainer.maybe_resume(session, on_damage=checkpoint_cfg.on_damage)
   start = int(session.state.step)
   is_primary = jax.process_index() == 0
   writer = reporting.MetricsWriter(model_dir=model_dir, is_primary=is_primary)
@@ -168,7 +173,15 @@ def main(argv: Sequence[str]) -> TrainResult:
   return gin_utils.run_entry_point(
       train, "train", argv, prog="prompt_tuning.train",
       description="Train (prompt-tune or fine-tune) a model.",
-      extra_overrides=lambda: {"learning_rate_fn": gin_utils.learning_rate_fn("train.optimizer")})
+      extra_overrides=lambda: {"learning_rate_fn": gin_utils.learning_rate_fn("train.optimizer"),
+                               "check_settings_fn": _check_resumed_settings})
+
+
+def _check_resumed_settings(model_dir: str) -> None:
+  """Stops a resumed run whose gin settings changed in a way that makes resuming unsound."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import resume_check  # pylint: disable=g-import-not-at-top
+  resume_check.check_resume_config(model_dir=model_dir, new_config=gin.operative_config_str())
 
 
 def console_main(argv: Optional[Sequence[str]] = None) -> None:

@@ -125,7 +125,7 @@ def resolve_step_folder(path: str) -> str:
         name.isdigit() and is_run_step_dir(os.path.join(directory, name))
         for name in os.listdir(directory)):
       with checkpoints_lib.CheckpointManager(directory=directory, read_only=True) as manager:
-        step = manager.latest_step()
+        step = manager.resumable_step(on_damage="skip")
       if step is None:
         raise FileNotFoundError(f"No complete checkpoint step in {directory}.")
       return os.path.join(directory, str(step))

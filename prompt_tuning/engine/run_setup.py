@@ -51,6 +51,8 @@ class CheckpointConfig:
     export_prompts: write each group's export (prompts as `.npy` and a PEFT adapter; other
       groups as `.npz` / safetensors) at every save.
     async_save: write checkpoints in a background thread.
+    on_damage: on resume, a damaged or uncommitted newest step is moved aside ('quarantine',
+      then the previous verified step is used) or stops the run ('stop').
   """
 
   period: int = 1000
@@ -61,10 +63,14 @@ class CheckpointConfig:
   save_frozen: Optional[bool] = None
   export_prompts: bool = True
   async_save: bool = True
+  on_damage: str = "quarantine"
 
   def __post_init__(self):
     if self.period < 1:
       raise ValueError(f"CheckpointConfig.period must be positive, got {self.period}.")
+    if self.on_damage not in ("quarantine", "stop"):
+      raise ValueError(f"CheckpointConfig.on_damage must be 'quarantine' or 'stop', got "
+                       f"{self.on_damage!r}.")
 
 
 @dataclasses.dataclass
@@ -204,28 +210,39 @@ def check_same_base(*, model_dir: str, restore: RestoreConfig) -> None:
   if restore.path is None or not os.path.isdir(directory):
     return
   with checkpoints_lib.CheckpointManager(directory=directory, read_only=True) as manager:
-    if manager.latest_step() is None:
+    step = manager.resumable_step(on_damage="skip")
+    if step is None:
       return
-    run = manager.run_record()
+    run = manager.run_record(step=step)
   recorded = (run.get("base_checkpoint") or {}).get("path")
   if recorded is not None and os.path.abspath(recorded) != os.path.abspath(restore.path):
     raise ValueError(f"The checkpoints in {directory} were trained on the base {recorded}, "
                      f"not on {restore.path}; use a new model_dir or the original base.")
 
 
-def resume(session: Session) -> Session:
-  """Continues from the latest complete checkpoint in the model dir, if there is one."""
+def resume(session: Session, *, on_damage: str = "quarantine") -> Session:
+  """Continues from the newest checkpoint in the model dir that verifies, if there is one.
+
+  Newer steps that are damaged or were never committed are moved aside (`on_damage=
+  'quarantine'`, one log sentence each, nothing deleted) or stop the run (`'stop'`); see
+  `CheckpointManager.restore_resumable`.
+  """
   ckpt = session.checkpoints
-  step = ckpt.latest_step()
-  if step is None:
-    return session
-  run = ckpt.run_record(step=step)
   target = checkpoints_lib.abstract_target(session.state, session.state_shardings)
-  placed, state = restore_step(ckpt, placed=session.placed, step=step, run=run,
-                               state_target=target)
-  _LOG.info("Resuming from step %d of %s (data position %d).", step, ckpt.directory,
-            int(state.data_position))
-  return dataclasses.replace(session, state=state, placed=placed)
+  frozen_target = None
+  if flat(session.placed.frozen):
+    frozen_target = checkpoints_lib.abstract_target(session.placed.frozen,
+                                                    session.placed.frozen_shardings)
+  restored = ckpt.restore_resumable(state_target=target, frozen_target=frozen_target,
+                                    on_damage=on_damage)
+  if restored is None:
+    return session
+  placed = dataclasses.replace(
+      session.placed, trainable=restored.state.params,
+      frozen=restored.frozen if restored.frozen is not None else session.placed.frozen)
+  _LOG.info("Resuming from step %d of %s (data position %d).", restored.step, ckpt.directory,
+            int(restored.state.data_position))
+  return dataclasses.replace(session, state=restored.state, placed=placed)
 
 
 def run_metadata(assignment: params_lib.Assignment, seed: int) -> dict:
