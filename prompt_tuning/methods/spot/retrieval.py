@@ -1,0 +1,162 @@
+"""Targeted transfer: retrieve a library's top-k sources for a target and build initialisers.
+
+Given the target's prompt after a short run (its task embedding), sources are ranked by the
+similarity of their key prompts (`similarity.py`). SPoT then initialises the target prompt in
+one of three ways, each built here from the top-k:
+
+  best of top-k       one target run per candidate, each starting from that source's value
+                      prompt; the run with the best validation score wins (`candidates`).
+  weighted average    sum_r alpha_r * value_r with alpha_r = sim_r / sum_s sim_s
+                      (`weighted_average`), written as `.npy` for gin/prompts/from_file.gin.
+  top-k mixture       a prompt trained on the mixture of the top-k sources' tasks
+                      (`mixture_tasks` gives the task names, most similar first).
+
+Command (writes weighted_average.npy and retrieval.json to --out_dir):
+
+  python -m prompt_tuning.methods.spot.retrieval --library DIR --target PROMPT.npy \
+      [--measure average_tokens|per_token] [--top_k 3] --out_dir DIR
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from prompt_tuning.methods.spot import library as library_lib
+from prompt_tuning.methods.spot import similarity as similarity_lib
+from prompt_tuning.methods.spot import storage
+
+
+@dataclasses.dataclass(frozen=True)
+class Retrieved:
+  """A source entry and the similarity of its key prompt to the target."""
+  entry: library_lib.Entry
+  similarity: float
+
+
+def retrieve(library: library_lib.Library, target: np.ndarray, *, top_k: Optional[int] = None,
+             measure: str = similarity_lib.AVERAGE_TOKENS,
+             target_name: str = "target") -> List[Retrieved]:
+  """The `top_k` entries (all when None) most similar to `target` [L, H], best first."""
+  if top_k is not None and top_k < 1:
+    raise ValueError(f"top_k must be at least 1, got {top_k}.")
+  if not library.entries:
+    raise library_lib.LibraryError(f"Prompt library {library.root} has no entries.")
+  if np.asarray(target).shape[-1] != library.model.embed_dim:
+    raise ValueError(f"The {target_name} prompt has embedding size {np.asarray(target).shape[-1]},"
+                     f" but library {library.root} holds {library.model.name} prompts of size "
+                     f"{library.model.embed_dim}.")
+  ranking = similarity_lib.rank_sources(target, library.key_prompts(), measure,
+                                        target_name=target_name)
+  return [Retrieved(library.entry(name), value) for name, value in ranking[:top_k]]
+
+
+def candidates(library: library_lib.Library, retrieved: Sequence[Retrieved]) -> List[dict]:
+  """Best-of-top-k: one initial prompt per retrieved source, in rank order.
+
+  Each item is `{'name', 'task', 'similarity', 'prompt_file'}`, where `prompt_file` is the
+  source's value prompt (checked to exist with the manifest's shape) for PROMPT_FILE of
+  gin/prompts/from_file.gin; the caller runs one target run per item and keeps the best.
+  """
+  items = []
+  for r in retrieved:
+    library.value_prompt(r.entry.name)  # a missing or misshapen file stops here, not mid-run
+    items.append({"name": r.entry.name, "task": r.entry.task, "similarity": r.similarity,
+                  "prompt_file": library.path(r.entry.value_prompt)})
+  return items
+
+
+def weights(similarities: Sequence[float]) -> np.ndarray:
+  """alpha_r = sim_r / sum_s sim_s over the positive similarities; non-positive ones get 0.
+
+  A source whose key prompt points away from (or across) the target's is treated as unrelated
+  rather than subtracted: a negative weight would push the initial prompt away from that
+  source, which SPoT does not do. If no similarity is positive there is no related source to
+  average, and a ValueError says so (use best-of-top-k or the mixture instead).
+  """
+  sims = np.asarray(similarities, dtype=np.float64)
+  positive = np.where(sims > 0, sims, 0.0)
+  if positive.sum() <= 0:
+    raise ValueError(f"No retrieved source has a positive similarity ({sims.tolist()}), so a "
+                     "similarity-weighted average is undefined.")
+  return positive / positive.sum()
+
+
+def weighted_average(library: library_lib.Library,
+                     retrieved: Sequence[Retrieved]) -> np.ndarray:
+  """sum_r alpha_r * value_prompt_r, `[P, H]` float32 (all value prompts must share a shape)."""
+  alphas = weights([r.similarity for r in retrieved])
+  shapes = {r.entry.name: tuple(r.entry.prompt_shape) for r in retrieved}
+  if len(set(shapes.values())) > 1:
+    raise ValueError(f"The retrieved value prompts have different shapes {shapes}; a weighted "
+                     "average needs one shape.")
+  total = np.zeros(next(iter(shapes.values())), np.float64)
+  for alpha, r in zip(alphas, retrieved):
+    if alpha > 0:
+      total += alpha * library.value_prompt(r.entry.name).astype(np.float64)
+  return total.astype(np.float32)
+
+
+def mixture_tasks(retrieved: Sequence[Retrieved]) -> List[str]:
+  """The retrieved sources' task names, most similar first, each once."""
+  tasks: List[str] = []
+  for r in retrieved:
+    if r.entry.task not in tasks:
+      tasks.append(r.entry.task)
+  return tasks
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m prompt_tuning.methods.spot.retrieval",
+      description="Retrieve the top-k sources for a target prompt and build its initialisers.")
+  parser.add_argument("--library", required=True, help="prompt library folder (local or gs://)")
+  parser.add_argument("--target", required=True, help="the target task's prompt .npy")
+  parser.add_argument("--measure", default=similarity_lib.AVERAGE_TOKENS,
+                      choices=sorted(similarity_lib.MEASURES))
+  parser.add_argument("--top_k", type=int, default=3)
+  parser.add_argument("--out_dir", required=True,
+                      help="where weighted_average.npy and retrieval.json are written")
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  args = _parse(argv)
+  library = library_lib.Library.open(args.library)
+  target = storage.load_prompt(args.target)
+  retrieved = retrieve(library, target, top_k=args.top_k, measure=args.measure)
+  items = candidates(library, retrieved)
+  summary = {"target": args.target, "measure": args.measure, "top_k": args.top_k,
+             "candidates": items, "mixture_tasks": mixture_tasks(retrieved)}
+  storage.makedirs(args.out_dir)
+  try:
+    alphas = weights([r.similarity for r in retrieved])
+  except ValueError as e:
+    print(f"No weighted average: {e}")
+  else:
+    average_path = storage.join(args.out_dir, "weighted_average.npy")
+    storage.save_prompt(average_path, weighted_average(library, retrieved))
+    summary["weighted_average"] = {"prompt_file": average_path,
+                                   "weights": dict(zip([r.entry.name for r in retrieved],
+                                                       alphas.tolist()))}
+  storage.write_text(storage.join(args.out_dir, "retrieval.json"),
+                     json.dumps(summary, indent=2) + "\n")
+  for rank, item in enumerate(items, start=1):
+    print(f"{rank:>4}  {item['similarity']:+.4f}  {item['name']}  ({item['task']})")
+  if "weighted_average" in summary:
+    print(f"Weighted average written to {summary['weighted_average']['prompt_file']}; start a "
+          "prompt run from it with gin/prompts/from_file.gin and "
+          f"--gin.PROMPT_FILE=\"'{summary['weighted_average']['prompt_file']}'\".")
+  print(f"Top-{len(retrieved)} mixture tasks: {', '.join(summary['mixture_tasks'])}")
+  return summary
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")
