@@ -245,16 +245,16 @@ class Library:
 
   def add(self, entry: Entry, *, key: np.ndarray, value: np.ndarray) -> Entry:
     """Copies `key`/`value` into the library under the entry's paths, then lists the entry."""
+    problem = self._model_problem(entry, None)
+    if problem:
+      raise LibraryError(problem)
     if any(e.name == entry.name for e in self.entries):
       raise LibraryError(f"Prompt library {self.root} already has an entry {entry.name!r}; "
                          "pass another --name.")
     for which, prompt in (("key", key), ("value", value)):
       if tuple(prompt.shape) != tuple(entry.prompt_shape):
         raise LibraryError(f"The {which} prompt of {entry.name!r} has shape {prompt.shape}, "
-                           f"but its value prompt has {tuple(entry.prompt_shape)}.")
-    problem = self._model_problem(entry, None)
-    if problem:
-      raise LibraryError(problem)
+                           f"but the entry says {tuple(entry.prompt_shape)}.")
     storage.save_prompt(self.path(entry.key_prompt), key)
     storage.save_prompt(self.path(entry.value_prompt), value)
     self.entries.append(entry)

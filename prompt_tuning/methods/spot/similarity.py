@@ -102,11 +102,15 @@ def similarity_matrix(prompts: Mapping[str, np.ndarray],
 
 def rank_sources(target, sources: Mapping[str, np.ndarray], measure: str = AVERAGE_TOKENS,
                  target_name: str = "target") -> List[Tuple[str, float]]:
-  """`(source name, similarity to target)` from most to least similar; ties by name."""
+  """`(source name, similarity to target)` from most to least similar.
+
+  Similarities equal to 9 decimals count as a tie (rounding noise must not decide), and ties
+  go by name, so the order is reproducible.
+  """
   fn = measure_fn(measure)
   scored = [(name, fn(target, prompt, names=(target_name, name)))
             for name, prompt in sources.items()]
-  return sorted(scored, key=lambda item: (-item[1], item[0]))
+  return sorted(scored, key=lambda item: (-round(item[1], 9), item[0]))
 
 
 def matrix_csv(names: Sequence[str], matrix: np.ndarray) -> str:
