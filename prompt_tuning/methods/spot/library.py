@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -47,7 +48,8 @@ from prompt_tuning.methods.spot import storage
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-DEFAULT_KEY_STEP = 10_000
+_ENTRY_NAME = re.compile(r"^[\w.\-]+$")
+DEFAULT_KEY_STEP = runs.DEFAULT_KEY_STEP
 
 
 class LibraryError(ValueError):
@@ -245,6 +247,9 @@ class Library:
 
   def add(self, entry: Entry, *, key: np.ndarray, value: np.ndarray) -> Entry:
     """Copies `key`/`value` into the library under the entry's paths, then lists the entry."""
+    if not _ENTRY_NAME.match(entry.name):
+      raise LibraryError(f"Entry name {entry.name!r} may hold only letters, digits, '.', '_' "
+                         "and '-' (it names a folder).")
     problem = self._model_problem(entry, None)
     if problem:
       raise LibraryError(problem)
@@ -349,8 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   found = library.problems(args.model)
   for problem in found:
     print(problem)
-  print(f"{args.library}: {len(library.entries)} entries, "
-        f"{len(found) if found else 'no'} problems.")
+  count = f"{len(found)} problem{'' if len(found) == 1 else 's'}" if found else "no problems"
+  print(f"{args.library}: {len(library.entries)} entries, {count}.")
   return 1 if found else 0
 
 

@@ -13,8 +13,8 @@ one of three ways, each built here from the top-k:
 
 Command (writes weighted_average.npy and retrieval.json to --out_dir):
 
-  python -m prompt_tuning.methods.spot.retrieval --library DIR --target PROMPT.npy \
-      [--measure average_tokens|per_token] [--top_k 3] --out_dir DIR
+  python -m prompt_tuning.methods.spot.retrieval --library DIR --target PROMPT.npy|RUN_DIR \
+      [--target_step 10000] [--measure average_tokens|per_token] [--top_k 3] --out_dir DIR
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from prompt_tuning.methods.spot import library as library_lib
 from prompt_tuning.methods.spot import similarity as similarity_lib
+from prompt_tuning.methods.spot import runs
 from prompt_tuning.methods.spot import storage
 
 
@@ -115,7 +116,10 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
       prog="python -m prompt_tuning.methods.spot.retrieval",
       description="Retrieve the top-k sources for a target prompt and build its initialisers.")
   parser.add_argument("--library", required=True, help="prompt library folder (local or gs://)")
-  parser.add_argument("--target", required=True, help="the target task's prompt .npy")
+  parser.add_argument("--target", required=True,
+                      help="the target's prompt .npy, or its run's model_dir (see --target_step)")
+  parser.add_argument("--target_step", type=int, default=runs.DEFAULT_KEY_STEP,
+                      help="with a model_dir --target: the step whose prompt is the embedding")
   parser.add_argument("--measure", default=similarity_lib.AVERAGE_TOKENS,
                       choices=sorted(similarity_lib.MEASURES))
   parser.add_argument("--top_k", type=int, default=3)
@@ -127,7 +131,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = _parse(argv)
   library = library_lib.Library.open(args.library)
-  target = storage.load_prompt(args.target)
+  target = runs.target_prompt(args.target, args.target_step)
   retrieved = retrieve(library, target, top_k=args.top_k, measure=args.measure)
   items = candidates(library, retrieved)
   summary = {"target": args.target, "measure": args.measure, "top_k": args.top_k,

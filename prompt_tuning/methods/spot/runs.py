@@ -14,10 +14,13 @@ import json
 import re
 from typing import Dict, List, Mapping, Optional
 
+import numpy as np
+
 from prompt_tuning.methods.spot import storage
 
 NUMPY_EXPORT_SUBDIR = "numpy_checkpoints"  # as engine.trainer.NUMPY_EXPORT_SUBDIR
 DEFAULT_PROMPT = "input_hook.prompt"
+DEFAULT_KEY_STEP = 10_000  # SPoT's task embedding: the prompt after 10K steps
 INFER_EVAL_FILE = "metrics/infer_eval.jsonl"
 _SEED = re.compile(r"^\s*(?:RANDOM_SEED|train\.random_seed)\s*=\s*(\d+)\s*$", re.MULTILINE)
 
@@ -45,6 +48,18 @@ def exported_prompts(model_dir: str, prompt: str = DEFAULT_PROMPT) -> Dict[int, 
     if step.isdigit():
       found[int(step)] = path
   return dict(sorted(found.items()))
+
+
+def target_prompt(path: str, step: int = DEFAULT_KEY_STEP,
+                  prompt: str = DEFAULT_PROMPT) -> np.ndarray:
+  """A target's task embedding: a `.npy` prompt file, or a run folder's prompt at `step`."""
+  if not storage.isdir(path):
+    return storage.load_prompt(path)
+  paths = exported_prompts(path, prompt)
+  if step not in paths:
+    raise ValueError(f"Run {path} has no {prompt}.npy exported at step {step} (exported steps: "
+                     f"{list(paths)}); pass --target_step with one of them.")
+  return storage.load_prompt(paths[step])
 
 
 def eval_metrics(model_dir: str) -> Dict[int, Dict[str, float]]:

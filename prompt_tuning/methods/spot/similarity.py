@@ -10,10 +10,12 @@ Two prompts `a` `[La, H]` and `b` `[Lb, H]` are compared by
 Both are symmetric; `average_tokens` ignores the order of each prompt's tokens, and so does
 `per_token` (it averages over every pair). Lengths may differ; the embedding sizes must match.
 
-Command (ranks a library's sources for a target prompt and writes the matrix as CSV and PNG):
+Command (ranks a library's sources for a target prompt and writes the matrix as CSV and PNG;
+`--target` is a `.npy` prompt or the target run's model_dir, whose prompt at `--target_step`,
+10K by default, is the target's task embedding):
 
-  python -m prompt_tuning.methods.spot.similarity --library DIR --target PROMPT.npy \
-      [--measure average_tokens|per_token] [--top_k K] [--out_dir DIR]
+  python -m prompt_tuning.methods.spot.similarity --library DIR --target PROMPT.npy|RUN_DIR \
+      [--target_step 10000] [--measure average_tokens|per_token] [--top_k K] [--out_dir DIR]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from prompt_tuning.methods.spot import library as library_lib
+from prompt_tuning.methods.spot import runs
 from prompt_tuning.methods.spot import storage
 
 AVERAGE_TOKENS = "average_tokens"
@@ -131,13 +134,16 @@ def write_heatmap(path: str, names: Sequence[str], matrix: np.ndarray, title: st
 
   size = max(4.0, 0.6 * len(names) + 2.0)
   fig, ax = plt.subplots(figsize=(size + 1.0, size))
-  image = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(matrix.min())), vmax=1.0)
+  low = min(0.0, float(matrix.min()))
+  image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0)
   ax.set_xticks(range(len(names)), labels=names, rotation=60, ha="right")
   ax.set_yticks(range(len(names)), labels=names)
   if len(names) <= 20:
     for i in range(len(names)):
       for j in range(len(names)):
-        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+        bright = (matrix[i, j] - low) / (1.0 - low) > 0.6  # viridis turns yellow at the top
+        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="k" if bright else "w")
   ax.set_title(title)
   fig.colorbar(image, ax=ax)
   fig.tight_layout()
@@ -157,7 +163,9 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
       description="Rank a prompt library's source tasks for a target prompt.")
   parser.add_argument("--library", required=True, help="prompt library folder (local or gs://)")
   parser.add_argument("--target", required=True,
-                      help="the target task's prompt .npy (after a short run, 10K steps in SPoT)")
+                      help="the target's prompt .npy, or its run's model_dir (see --target_step)")
+  parser.add_argument("--target_step", type=int, default=runs.DEFAULT_KEY_STEP,
+                      help="with a model_dir --target: the step whose prompt is the embedding")
   parser.add_argument("--target_name", default="target", help="the target's name in the matrix")
   parser.add_argument("--measure", default=AVERAGE_TOKENS, choices=sorted(MEASURES))
   parser.add_argument("--top_k", type=int, default=None, help="print only the K best sources")
@@ -170,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, float]]:
   """Prints the ranking; writes the matrix over target and sources if `--out_dir` is given."""
   args = _parse(argv)
   library = library_lib.Library.open(args.library)
-  target = storage.load_prompt(args.target)
+  target = runs.target_prompt(args.target, args.target_step)
   sources = library.key_prompts()
   if target.shape[1] != library.model.embed_dim:
     raise ValueError(f"Target prompt {args.target} has embedding size {target.shape[1]}, but "

@@ -228,3 +228,18 @@ def test_validate_command_lists_every_problem_and_fails(tmp_path, run_writer, ca
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 3 and lines[2] == f"{root}: 1 entries, 2 problems."
   assert "key_10.npy" in lines[0] and "value_20.npy" in lines[1]
+
+
+def test_a_library_on_a_gfile_filesystem_works_like_a_local_one(tmp_path, run_writer):
+  """`ram://` is TensorFlow's in-memory filesystem: the same tf.io.gfile path `gs://` takes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  run = _finished_run(run_writer, tmp_path / "run")
+  root = f"ram://{tmp_path.name}/lib"
+  library_lib.add_run(library=root, model_dir=run, task="rte", model="tiny", key_step=10)
+  assert tf.io.gfile.exists(f"{root}/prompts/rte.seed3/value_20.npy")
+  lib = library_lib.Library.open(root)
+  np.testing.assert_array_equal(lib.value_prompt("rte.seed3"), _prompt(20))
+  assert lib.problems("tiny") == []
+  tf.io.gfile.remove(f"{root}/prompts/rte.seed3/key_10.npy")
+  assert lib.problems() == [f"The key prompt file {root}/prompts/rte.seed3/key_10.npy of entry "
+                            "'rte.seed3' is missing."]

@@ -123,3 +123,20 @@ def test_similarity_command_refuses_a_target_from_another_model(hand_library, tm
   with pytest.raises(ValueError, match=r"has embedding size 5, but library .* holds tiny "
                                        r"prompts of size 3\.$"):
     similarity.main(["--library", hand_library.root, "--target", str(target_path)])
+
+
+def test_the_target_can_be_a_run_folder_read_at_its_key_step(hand_library, target, tmp_path,
+                                                              run_writer, capsys):
+  # At step 10 the run's prompt points like source b; at step 20 like source a.
+  run = run_writer(str(tmp_path / "target_run"), {10: np.tile([1.0, 1.0, 0.0], (3, 1)),
+                                                  20: target})
+  ranking = similarity.main(["--library", hand_library.root, "--target", run,
+                             "--target_step", "10"])
+  assert ranking[0] == ("b.seed0", pytest.approx(1.0))
+  ranking = similarity.main(["--library", hand_library.root, "--target", run,
+                             "--target_step", "20"])
+  assert ranking[0] == ("a.seed0", pytest.approx(1.0))
+  with pytest.raises(ValueError, match=r"^Run .*target_run has no input_hook.prompt.npy exported "
+                                       r"at step 10000 \(exported steps: \[10, 20\]\); pass "
+                                       r"--target_step with one of them\.$"):
+    similarity.main(["--library", hand_library.root, "--target", run])
