@@ -1,6 +1,6 @@
 """File access for prompt libraries: local folders directly, `gs://` (any URL) via tf.io.gfile.
 
-Local paths go through `os`/`shutil` rather than tf.io.gfile because importing TensorFlow costs
+Local paths go through `os` rather than tf.io.gfile because importing TensorFlow costs
 several seconds, which the `library list` command and the numpy-only tests should not pay;
 paths with a scheme (`gs://bucket/...`) import TensorFlow on first use, as the rest of the
 project does for GCS. Prompts are read and written with the project's `.npy` reader/writer

@@ -172,6 +172,22 @@ def test_a_manifest_entry_missing_a_field_is_named(tmp_path, run_writer):
     library_lib.Library.open(root)
 
 
+def test_a_manifest_listing_an_entry_twice_is_named(tmp_path, run_writer):
+  root = _library_with_one_entry(tmp_path, run_writer)
+  _edit_manifest(root, lambda d: d["entries"].append(dict(d["entries"][0])))
+  with pytest.raises(LibraryError, match=r"^Manifest .*manifest.json lists entry 'rte.seed3' "
+                                         r"more than once\.$"):
+    library_lib.Library.open(root)
+
+
+def test_an_entry_name_that_is_not_a_folder_name_is_refused(tmp_path, run_writer):
+  run = _finished_run(run_writer, tmp_path / "run")
+  with pytest.raises(LibraryError, match=r"^Entry name '../rte' may hold only letters"):
+    library_lib.add_run(library=str(tmp_path / "lib"), model_dir=run, task="rte", model="tiny",
+                        key_step=10, name="../rte")
+  assert not (tmp_path / "rte").exists() and not (tmp_path / "lib").exists()
+
+
 def test_a_folder_without_manifest_is_named(tmp_path):
   with pytest.raises(LibraryError, match=rf"^Prompt library {tmp_path} has no manifest.json"):
     library_lib.Library.open(str(tmp_path))
