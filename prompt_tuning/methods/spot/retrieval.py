@@ -128,34 +128,50 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-  args = _parse(argv)
-  library = library_lib.Library.open(args.library)
-  target = runs.target_prompt(args.target, args.target_step)
-  retrieved = retrieve(library, target, top_k=args.top_k, measure=args.measure)
-  items = candidates(library, retrieved)
-  summary = {"target": args.target, "measure": args.measure, "top_k": args.top_k,
-             "candidates": items, "mixture_tasks": mixture_tasks(retrieved)}
-  storage.makedirs(args.out_dir)
+def write_initialisers(*, library: str, target: str, out_dir: str, top_k: int = 3,
+                       measure: str = similarity_lib.AVERAGE_TOKENS,
+                       target_step: int = runs.DEFAULT_KEY_STEP) -> dict:
+  """Retrieves the top-k for `target` (a `.npy` or a run folder) and writes the initialisers.
+
+  Writes `<out_dir>/weighted_average.npy` (unless no similarity is positive, see `weights`)
+  and `<out_dir>/retrieval.json`, and returns that summary: `candidates` (best-of-top-k, see
+  `candidates`), `mixture_tasks`, and `weighted_average` (`prompt_file`, per-entry `weights`)
+  or `weighted_average_error`.
+  """
+  lib = library_lib.Library.open(library)
+  retrieved = retrieve(lib, runs.target_prompt(target, target_step), top_k=top_k,
+                       measure=measure)
+  summary = {"target": target, "measure": measure, "top_k": top_k,
+             "candidates": candidates(lib, retrieved), "mixture_tasks": mixture_tasks(retrieved)}
+  storage.makedirs(out_dir)
   try:
     alphas = weights([r.similarity for r in retrieved])
   except ValueError as e:
-    print(f"No weighted average: {e}")
+    summary["weighted_average_error"] = str(e)
   else:
-    average_path = storage.join(args.out_dir, "weighted_average.npy")
-    storage.save_prompt(average_path, weighted_average(library, retrieved))
+    average_path = storage.join(out_dir, "weighted_average.npy")
+    storage.save_prompt(average_path, weighted_average(lib, retrieved))
     summary["weighted_average"] = {"prompt_file": average_path,
                                    "weights": dict(zip([r.entry.name for r in retrieved],
                                                        alphas.tolist()))}
-  storage.write_text(storage.join(args.out_dir, "retrieval.json"),
-                     json.dumps(summary, indent=2) + "\n")
-  for rank, item in enumerate(items, start=1):
+  storage.write_text(storage.join(out_dir, "retrieval.json"), json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  args = _parse(argv)
+  summary = write_initialisers(library=args.library, target=args.target, out_dir=args.out_dir,
+                               top_k=args.top_k, measure=args.measure,
+                               target_step=args.target_step)
+  for rank, item in enumerate(summary["candidates"], start=1):
     print(f"{rank:>4}  {item['similarity']:+.4f}  {item['name']}  ({item['task']})")
   if "weighted_average" in summary:
-    print(f"Weighted average written to {summary['weighted_average']['prompt_file']}; start a "
-          "prompt run from it with gin/prompts/from_file.gin and "
-          f"--gin.PROMPT_FILE=\"'{summary['weighted_average']['prompt_file']}'\".")
-  print(f"Top-{len(retrieved)} mixture tasks: {', '.join(summary['mixture_tasks'])}")
+    path = summary["weighted_average"]["prompt_file"]
+    print(f"Weighted average written to {path}; start a prompt run from it with "
+          f"gin/prompts/from_file.gin and --gin.PROMPT_FILE=\"'{path}'\".")
+  else:
+    print(f"No weighted average: {summary['weighted_average_error']}")
+  print(f"Top-{len(summary['candidates'])} mixture tasks: {', '.join(summary['mixture_tasks'])}")
   return summary
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -97,6 +97,18 @@ def _only_metric(metrics: Mapping[int, Mapping[str, float]], path: str) -> str:
     raise ValueError(f"{path} holds metrics {names}; pass --metric to say which one picks the "
                      "best prompt.")
   return names[0]
+
+
+def best_eval(model_dir: str, metric: Optional[str] = None,
+              mode: str = "max") -> Tuple[str, int, float]:
+  """`(metric, step, value)` of a run's best evaluation (its reported validation score)."""
+  metrics = eval_metrics(model_dir)
+  path = storage.join(model_dir, INFER_EVAL_FILE)
+  if not metrics:
+    raise ValueError(f"Run {model_dir} has no evaluations in {path}.")
+  metric = metric or _only_metric(metrics, path)
+  step = best_step(metrics, metric, sorted(metrics), mode)
+  return metric, step, metrics[step][metric]
 
 
 def read_seed(model_dir: str) -> int:
