@@ -53,20 +53,19 @@ def _inputs(prefix: Optional[str], fields: Sequence[tf.Tensor]) -> tf.Tensor:
   return _join(([tf.constant(prefix)] if prefix else []) + list(fields))
 
 
+def _choice_example(prefix: Optional[str], text: Sequence[tf.Tensor], choices: tf.Tensor,
+                    label: tf.Tensor) -> Example:
+  """`text` and the numbered choices in, the text of choice `label` out."""
+  numbered = tf.strings.join(
+      [tf.strings.as_string(tf.range(tf.size(choices))), tf.constant(": "), choices])
+  options = [tf.constant("options:"), tf.strings.reduce_join(numbered, separator=" ")]
+  return {"inputs": _inputs(prefix, list(text) + options), "targets": _pick(choices, label)}
+
+
 def _choice(prefix, *, text: Callable[[Example], Sequence[tf.Tensor]],
             options: Callable[[Example], tf.Tensor], label: Callable[[Example], tf.Tensor]):
-  """Multiple choice: `text(x)` and the numbered options in, the correct option's text out."""
-
-  def format_example(x: Example) -> Example:
-    choices = options(x)
-    numbered = tf.strings.join(
-        [tf.strings.as_string(tf.range(tf.size(choices))), tf.constant(": "), choices])
-    return {"inputs": _inputs(prefix, list(text(x)) + [tf.constant("options:"),
-                                                        tf.strings.reduce_join(numbered,
-                                                                               separator=" ")]),
-            "targets": _pick(choices, label(x))}
-
-  return format_example
+  """Multiple choice over one example's fields (see `_choice_example`)."""
+  return lambda x: _choice_example(prefix, text(x), options(x), label(x))
 
 
 def _extractive(prefix, *, context_key: str, answers: Callable[[Example], tf.Tensor]):
@@ -97,9 +96,8 @@ def _race_questions(prefix: Optional[str]) -> Callable[[tf.data.Dataset], tf.dat
       answer = tf.where(tf.equal(letters, x["answers"][i]))
       index = tf.cond(tf.size(answer) > 0, lambda: tf.cast(answer[0, 0], tf.int32),
                       lambda: tf.constant(-1))
-      return _choice(prefix, text=lambda _: [tf.constant("question:"), x["questions"][i],
-                                             tf.constant("article:"), x["article"]],
-                     options=lambda _: options[i], label=lambda _: index)({})
+      text = [tf.constant("question:"), x["questions"][i], tf.constant("article:"), x["article"]]
+      return _choice_example(prefix, text, options[i], index)
 
     return tf.data.Dataset.range(tf.cast(count, tf.int64)).map(
         lambda i: one(tf.cast(i, tf.int32)))
