@@ -8,5 +8,6 @@ from tasks import fewshot
 from tasks import glue
 from tasks import natural_questions
 from tasks import p3
+from tasks import spot
 from tasks import super_glue
 from tasks import wmt
