@@ -55,7 +55,6 @@ CORE = [
     "sentencepiece==0.2.3",
     "sacrebleu==2.6.0",
     "rouge-score==0.1.2",
-    "matplotlib==3.11.2",  # SPoT similarity heatmaps
     "scipy",
     "msgpack",
     "safetensors",
