@@ -19,7 +19,7 @@ import seqio
 from prompt_tuning import train as train_lib
 from prompt_tuning.data import registry
 from prompt_tuning.engine import data, models, params, partitioning, run_setup, train_state
-from prompt_tuning.engine import trainer
+from prompt_tuning.engine import trainer, trees
 from prompt_tuning.models import config as config_lib
 from prompt_tuning.models import t5
 from prompt_tuning.models.hook_inputs import HookInput
@@ -115,7 +115,7 @@ def encoder_checkpoint(tmp_path_factory):
 
 
 def _flat(tree):
-  return {k: np.asarray(v) for k, v in run_setup.flat(tree).items()}
+  return {k: np.asarray(v) for k, v in trees.flat(tree).items()}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def _tiny_prompt_tree():
   variables = jax.eval_shape(
       lambda rng: models.EncoderDecoderModel(module).initial_variables(rng, lengths),
       jax.random.PRNGKey(0))
-  return run_setup.flat(nn.meta.unbox(variables["params"]))
+  return trees.flat(nn.meta.unbox(variables["params"]))
 
 
 def test_default_groups_select_exactly_the_prompt_of_a_real_t5_tree():
@@ -154,7 +154,7 @@ def test_default_groups_select_exactly_the_prompt_of_a_real_t5_tree():
   assert assignment.trainable_paths == ["input_hook/prompt"]
   assert assignment.leaves("model") == [p for p in paths if p != "input_hook/prompt"]
   # The older selector is the same single definition.
-  assert train_state.trainable_paths(params=run_setup.unflat(dict.fromkeys(paths, 0)),
+  assert train_state.trainable_paths(params=trees.unflat(dict.fromkeys(paths, 0)),
                                      patterns=train_state.PROMPT_ONLY) == ["input_hook/prompt"]
 
 
