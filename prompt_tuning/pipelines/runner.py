@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from prompt_tuning.pipelines import outputs as outputs_lib
 from prompt_tuning.pipelines import placeholders
+from prompt_tuning.pipelines import plan as plan_lib
 from prompt_tuning.pipelines import stages as stages_lib
 from prompt_tuning.pipelines.plan import Plan
 from prompt_tuning.pipelines.stages import DIR_OUTPUT, PipelineError, Stage
@@ -41,6 +42,15 @@ def default_commands() -> Dict[str, List[str]]:
 def gin_text(value: Any) -> str:
   """A binding value as command-line gin text: strings are gin already, the rest Python literals."""
   return value if isinstance(value, str) else repr(value)
+
+
+def shell_word(arg: str) -> str:
+  """`arg` quoted for a shell, gin flags as the docs write them: `--gin.NAME="'text'"`."""
+  name, equals, value = arg.partition("=")
+  if arg.startswith("--gin.") and equals and shlex.quote(value) != value and \
+      not any(c in value for c in '"$`\\!'):
+    return f'{name}="{value}"'
+  return shlex.quote(arg)
 
 
 def read_record(folder: str) -> Optional[Dict[str, Any]]:
@@ -89,7 +99,10 @@ def _die_with_parent() -> None:
   still writing into a stage folder that the next run resumes from (Linux only)."""
   import ctypes  # pylint: disable=g-import-not-at-top
   pr_set_pdeathsig = 1
-  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+  except (OSError, AttributeError):  # a C library without prctl: the child just runs on
+    pass
 
 
 class Runner:
@@ -176,6 +189,7 @@ class Runner:
     self.check_needed_records()
     os.makedirs(self.plan.directory, exist_ok=True)
     count = len(self.plan.selected)
+    ran = set()  # the stages this call ran (rather than skipped)
     for number, name in enumerate(self.plan.selected, 1):
       stage = self.plan.stage(name)
       resolved = self.resolve(stage)
@@ -187,6 +201,11 @@ class Runner:
               f"Stage {name!r} finished earlier with other settings than the pipeline gives it "
               f"now (see {os.path.join(resolved.folder, RECORD_FILE)}); delete "
               f"{resolved.folder} to run it again, or use a new --pipeline_dir.")
+        rerun = [s for s, _ in plan_lib.stage_references(stage) if s in ran]
+        if rerun:
+          raise PipelineError(
+              f"Stage {name!r} finished earlier on outputs of stage {rerun[0]!r}, which has just "
+              f"run again; delete {resolved.folder} to run {name!r} on the new outputs.")
         self._say(f"{label}: finished earlier, skipped.")
         self._outputs[name] = record["outputs"]
         continue
@@ -199,6 +218,7 @@ class Runner:
           "outputs": made,
           "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
       self._outputs[name] = made
+      ran.add(name)
       self._say(f"{label}: finished.")
     return {name: self._outputs[name] for name in self.plan.selected}
 
@@ -252,8 +272,9 @@ class Runner:
                    f"{self._status(resolved, record)}")
       lines.append(f"  folder: {resolved.folder}")
       if resolved.args is not None:
-        command = [*self._commands[stage.kind], *resolved.args]
-        lines.append("  command: " + " \\\n      ".join(shlex.quote(a) for a in command))
+        lines.append("  command: " + " \\\n      ".join(
+            [" ".join(map(shell_word, self._commands[stage.kind]))]
+            + [shell_word(a) for a in resolved.args]))
       else:
         for key, value in resolved.inputs.items():
           lines.append(f"  input {key} = {value!r}")
