@@ -562,3 +562,42 @@ def test_a_pipeline_killed_in_its_second_stage_resumes_to_the_uninterrupted_resu
   config = re.sub(r"\\\n\s*", "", Path(resumed["prompt"]["config"]).read_text())  # gin wraps
   assert f"INITIAL_CHECKPOINT_PATH = '{killed / 'base' / 'checkpoints' / '6'}'" in config
   assert resumed["norm"]["norm"] == pytest.approx(float(np.linalg.norm(prompt)), rel=1e-6)
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("CheckpointConfig.best_metric = 'task/accuracy'\nCheckpointConfig.best_mode = 'max'\n", 2),
+    ("CheckpointConfig.best_metric = %BEST\nBEST = 'task/accuracy'\n"
+     "CheckpointConfig.best_mode = 'min'\n", 1),
+    ("CheckpointConfig.best_metric = None\n", 3),
+])
+def test_the_checkpoint_output_is_the_best_step_when_the_run_ranks_steps(tmp_path, config,
+                                                                          expected):
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import checkpoints, train_state  # pylint: disable=g-import-not-at-top
+  state = train_state.create_train_state(
+      trainable_params={"input_hook": {"prompt": np.zeros((2, 3), np.float32)}},
+      optimizer=optax.adam(0.1), rng=jax.random.PRNGKey(0))
+  with checkpoints.CheckpointManager(directory=tmp_path / "checkpoints",
+                                     best_metric="task/accuracy", best_mode="max",
+                                     async_save=False) as manager:
+    for step, accuracy in ((1, 0.2), (2, 0.9), (3, 0.5)):
+      manager.save(step=step, state=state, metrics={"task/accuracy": accuracy}, force=True)
+  (tmp_path / "config.gin").write_text(config)
+  assert outputs.complete_steps(str(tmp_path)) == [1, 2, 3]
+  assert outputs.chosen_step(str(tmp_path)) == expected
+  assert outputs.read("train", str(tmp_path))["checkpoint"] == \
+      str(tmp_path / "checkpoints" / str(expected))
+
+
+def test_the_documented_pipeline_file_dry_runs(tmp_path):
+  readme = (REPO / "gin" / "methods" / "README.md").read_text()
+  text = readme.split("```gin\n", 1)[1].split("```", 1)[0]
+  lines = []
+  path = write_pipeline(tmp_path, text)
+  assert pipeline_lib.main([f"--gin_file={path}", f"--pipeline_dir={tmp_path / 'pipe'}",
+                            "--gin.BASE_STEPS=7", "--dry_run"], say=lines.append) == {}
+  said = "\n".join(lines)
+  assert "--gin.TRAIN_STEPS=7 \\\n" in said
+  assert f"--gin.INITIAL_CHECKPOINT_PATH=\"'{tmp_path}/pipe/base/checkpoints/<step>'\"" in said
+  assert not (tmp_path / "pipe").exists()
