@@ -91,7 +91,11 @@ class Resolved:
     """
     if self.args is not None:
       return {"kind": self.stage.kind, "args": self.own_args}
-    return {"kind": self.stage.kind, "inputs": self.inputs}
+    try:  # as the record will hold them (tuples become lists)
+      return {"kind": self.stage.kind, "inputs": json.loads(json.dumps(self.inputs))}
+    except (TypeError, ValueError):
+      raise PipelineError(f"Stage {self.stage.name!r} has inputs that are not JSON values "
+                          f"({self.inputs!r}); give paths, numbers, strings or lists.") from None
 
 
 def _die_with_parent() -> None:

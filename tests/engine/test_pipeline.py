@@ -101,7 +101,8 @@ def scale_prompt(*, stage_dir, prompt, factor, step):
   scaled = np.load(prompt) * factor
   path = os.path.join(stage_dir, "scaled.npy")
   np.save(path, scaled)
-  return {"scaled": path, "norm": float(np.linalg.norm(scaled)) + 0 * step}
+  assert step[0] == 4 and step[1] == 1  # a tuple of the train stage's step (an int) and 1
+  return {"scaled": path, "norm": float(np.linalg.norm(scaled))}
 
 
 @stages.pipeline_step("records_step", outputs=("step_type", "step"))
@@ -199,20 +200,24 @@ def test_command_line_bindings_override_the_pipeline_file(tmp_path, commands):
 
 
 def test_python_steps_get_typed_inputs_and_their_outputs_feed_later_stages(tmp_path, commands):
-  result, _ = run(tmp_path, commands, TWO_STAGES + """
+  text = TWO_STAGES + """
 pipeline.stages = [@a/Stage(), @scale/Stage(), @check/Stage()]
 scale/Stage.name = 'scale'
 scale/Stage.kind = 'scale_prompt'
-scale/Stage.inputs = {'prompt': '{a.prompt}', 'factor': 2.0, 'step': '{a.step}'}
+scale/Stage.inputs = {'prompt': '{a.prompt}', 'factor': 2.0, 'step': ('{a.step}', 1)}
 check/Stage.name = 'check'
 check/Stage.kind = 'records_step'
 check/Stage.inputs = {'step': '{a.step}'}
-""")
+"""
+  result, _ = run(tmp_path, commands, text)
   scaled = np.load(result["scale"]["scaled"])
   np.testing.assert_array_equal(scaled, np.full((2, 3), 2 * fake_value(4)))
   assert result["scale"]["norm"] == pytest.approx(np.sqrt(6) * 2 * fake_value(4))
   assert result["scale"]["dir"] == str(tmp_path / "pipe" / "scale")
   assert result["check"]["step_type"] == "int" and result["check"]["step"] == 4
+  # Inputs as the record keeps them (a tuple as a list): a re-run skips every stage.
+  again, said = run(tmp_path, commands, text)
+  assert again == result and said.count("finished earlier, skipped.") == 3
 
 
 def test_a_step_returning_other_outputs_than_declared_stops(tmp_path, commands):
