@@ -252,24 +252,42 @@ def split_placed(*, params: Any, shardings: Any,
 # A run's own steps.
 
 
-def restore_step(manager: checkpoints_lib.CheckpointManager, *, placed: Placed, step: int,
-                 run: Mapping[str, Any], state_target: Any = None) -> Tuple[Placed, Any]:
-  """Reads a step over `placed`: its trainable parameters (and the frozen ones of a full
+def restore_step(manager: checkpoints_lib.CheckpointManager, *, placed: Placed,
+                 step: Optional[int] = None, run: Optional[Mapping[str, Any]] = None,
+                 state_target: Any = None,
+                 on_damage: Optional[str] = None) -> Tuple[Placed, Any, Optional[int]]:
+  """Reads a run's step over `placed`: its trainable parameters (and the frozen ones of a full
   checkpoint), and the whole train state when `state_target` is given.
 
-  Returns the updated `Placed` and the restored TrainState (None without `state_target`).
+  The one restore path of resumption and of evaluation/inference. With `on_damage` (resuming)
+  the newest step that verifies is used and newer damaged steps are handled as
+  `CheckpointManager.restore_resumable` says; otherwise `step` (default: the latest) is read
+  and a damaged one stops with one sentence.
+
+  Returns the updated `Placed`, the restored TrainState (None without `state_target`) and the
+  step read (None when resuming found no usable step: nothing changed).
   """
   frozen_target = None
-  if run.get("contents") == "full" and flat(placed.frozen):
+  if flat(placed.frozen):
     frozen_target = checkpoints_lib.abstract_target(placed.frozen, placed.frozen_shardings)
-  if state_target is not None:
-    restored = manager.restore(state_target=state_target, frozen_target=frozen_target, step=step)
+  if on_damage is not None:
+    restored = manager.restore_resumable(state_target=state_target, frozen_target=frozen_target,
+                                         on_damage=on_damage)
+    if restored is None:
+      return placed, None, None
   else:
-    restored = manager.restore(
-        params_target=checkpoints_lib.abstract_target(placed.trainable,
-                                                      placed.trainable_shardings),
-        frozen_target=frozen_target, step=step)
+    run = run if run is not None else manager.run_record(step=step)
+    if run.get("contents") != "full":
+      frozen_target = None
+    if state_target is not None:
+      restored = manager.restore(state_target=state_target, frozen_target=frozen_target,
+                                 step=step)
+    else:
+      restored = manager.restore(
+          params_target=checkpoints_lib.abstract_target(placed.trainable,
+                                                        placed.trainable_shardings),
+          frozen_target=frozen_target, step=step)
   placed = dataclasses.replace(
       placed, trainable=restored.params,
       frozen=restored.frozen if restored.frozen is not None else placed.frozen)
-  return placed, restored.state
+  return placed, restored.state, restored.step

@@ -229,20 +229,13 @@ def resume(session: Session, *, on_damage: str = "quarantine") -> Session:
   """
   ckpt = session.checkpoints
   target = checkpoints_lib.abstract_target(session.state, session.state_shardings)
-  frozen_target = None
-  if flat(session.placed.frozen):
-    frozen_target = checkpoints_lib.abstract_target(session.placed.frozen,
-                                                    session.placed.frozen_shardings)
-  restored = ckpt.restore_resumable(state_target=target, frozen_target=frozen_target,
-                                    on_damage=on_damage)
-  if restored is None:
+  placed, state, step = restore_step(ckpt, placed=session.placed, state_target=target,
+                                     on_damage=on_damage)
+  if step is None:
     return session
-  placed = dataclasses.replace(
-      session.placed, trainable=restored.state.params,
-      frozen=restored.frozen if restored.frozen is not None else session.placed.frozen)
-  _LOG.info("Resuming from step %d of %s (data position %d).", restored.step, ckpt.directory,
-            int(restored.state.data_position))
-  return dataclasses.replace(session, state=restored.state, placed=placed)
+  _LOG.info("Resuming from step %d of %s (data position %d).", step, ckpt.directory,
+            int(state.data_position))
+  return dataclasses.replace(session, state=state, placed=placed)
 
 
 def run_metadata(assignment: params_lib.Assignment, seed: int) -> dict:
@@ -356,7 +349,7 @@ def load_for_inference(*, model: Any, lengths: Mapping[str, int],
                                    mesh=mesh, rules=rules, rng=rng, abstract=abstract)
   placed = split_placed(params=params, shardings=shardings, assignment=assignment)
   if manager is not None:
-    placed, _ = restore_step(manager, placed=placed, step=step, run=run)
+    placed, _, _ = restore_step(manager, placed=placed, step=step, run=run)
     manager.close()
   return InferenceSetup(mesh=mesh, rules=rules, placed=placed, step=step,
                         base_path=restore.path, assignment=assignment)
