@@ -16,6 +16,8 @@ import pytest
 
 from benchmarks import flops, jax_steps, shapes, step_benchmark
 
+pytestmark = pytest.mark.slow  # runs the step benchmark, in subprocesses for host devices
+
 REPO = Path(__file__).resolve().parents[1]
 HAS_PEFT = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "peft"))
 

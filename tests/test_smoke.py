@@ -11,6 +11,8 @@ import pytest
 from prompt_tuning import smoke
 from prompt_tuning.engine import checkpoint_import, export, reporting
 
+pytestmark = pytest.mark.slow  # runs the whole CPU smoke job
+
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):

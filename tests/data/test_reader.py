@@ -106,3 +106,28 @@ def test_bad_files_are_reported(tmp_path, vocabulary):
     reader.read_retrieval_file(str(bad))
   with pytest.raises(ValueError, match="sequence_length"):
     reader.pack_passages(tf.data.Dataset.range(1), {}, _features(vocabulary))
+
+
+def test_recall_at_input_counts_the_packed_passages_not_the_file_order(tmp_path, vocabulary):
+  """Answers are looked up in the passages the budget kept, ranked by score.
+
+  Every question has Alpha, Beta and Gamma (scores 3, 2, 1) in a different file order; the
+  budget keeps Alpha and Gamma and skips Beta. Which passage carries the answer decides, by
+  hand: B-A-G/Beta no, A-G-B/Gamma yes, B-G-A/Alpha yes, G-A-B/Gamma yes, B-G-A/Gamma yes,
+  so 4 of 5. Pairing the kept mask (score order) with the flags in file order would say yes,
+  no, yes, yes, no: 3 of 5.
+  """
+  prefix = vocabulary.encode("question: which letter comes first?")
+  alpha, _, gamma = (vocabulary.encode(f"title: {t} context: {x}") for t, x, _, _ in PASSAGES)
+  by_title = {p[0]: p for p in PASSAGES}
+  cases = [("Beta Alpha Gamma", "Beta", False), ("Alpha Gamma Beta", "Gamma", True),
+           ("Beta Gamma Alpha", "Alpha", True), ("Gamma Alpha Beta", "Gamma", True),
+           ("Beta Gamma Alpha", "Gamma", True)]
+  records = []
+  for file_order, answer_in, _ in cases:
+    records.append(_record([by_title[t][:3] + (t == answer_in,) for t in file_order.split()]))
+  packed = _pack(_write(tmp_path, records), vocabulary, len(prefix) + len(alpha) + len(gamma) + 1)
+  assert [p["inputs"].tolist() for p in packed] == [prefix + alpha + gamma] * 5
+  assert [int(p["num_passages"]) for p in packed] == [2] * 5
+  assert [bool(p["answer_in_input"]) for p in packed] == [expected for *_, expected in cases]
+  assert sum(bool(p["answer_in_input"]) for p in packed) == 4

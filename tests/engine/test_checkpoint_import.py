@@ -465,6 +465,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_load_on_8_devices_reads_only_each_slice(tmp_path, fixture_arrays):
   hf_config = dict(HF_CONFIG, d_kv=4)  # query kernel [E=4, H*D=8]
   hf_dir = write_hf(tmp_path / "hf", hf_config, hf_tensors(hf_config, np.random.default_rng(3)))

@@ -90,6 +90,7 @@ def _dir_bytes(path):
 # Save, restore, resume.
 
 
+@pytest.mark.slow
 def test_restore_returns_the_saved_state_and_base_reference(tmp_path):
   state, frozen = _initial()
   state = _advance(state, frozen, 2)
@@ -180,6 +181,7 @@ def test_asking_a_small_checkpoint_for_frozen_params_names_the_base(tmp_path):
       manager.restore(state_target=state, frozen_target=frozen)
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_state_round_trips(tmp_path):
   state, frozen = _initial(patterns=train_state.EVERYTHING)
   state = _advance(state, frozen, 1)
@@ -308,6 +310,7 @@ def _python(script, *args, device_count=1):
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_save_killed_during_commit_leaves_the_last_good_step(tmp_path):
   child = _python(KILLED_SAVE_SCRIPT, str(tmp_path))
   try:
@@ -388,6 +391,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_restore_reads_directly_into_mesh_shardings(tmp_path):
   child = _python(SHARDED_RESTORE_SCRIPT, str(tmp_path), device_count=8)
   out, err = child.communicate(timeout=240)

@@ -25,6 +25,8 @@ import pytest
 from prompt_tuning import train as train_lib
 from prompt_tuning.engine import reporting
 
+pytestmark = pytest.mark.slow  # multi-device and multi-process training runs in subprocesses
+
 REPO = Path(__file__).resolve().parents[2]
 # A real T5X checkpoint (legacy msgpack + zarr) of T5 1.1 tiny: width 4, 2+2 layers, 32128
 # vocabulary rows; each host reads its slice of every parameter straight into its sharding.

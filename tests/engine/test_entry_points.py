@@ -173,6 +173,7 @@ def killed_and_resumed(tmp_path_factory, compilation_cache):
               straight=straight)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_prompt_as_an_uninterrupted_run(killed_and_resumed):
   run = killed_and_resumed
   assert run["last_saved"] is not None and run["last_saved"] < STEPS
@@ -201,6 +202,7 @@ def training_time_metric(run):
   return during_training[SCORED]
 
 
+@pytest.mark.slow
 def test_eval_entry_point_reproduces_the_training_time_metric(killed_and_resumed, tmp_path):
   run = killed_and_resumed
   metrics = eval_lib.main(gin_args(
@@ -219,6 +221,7 @@ def test_eval_entry_point_reproduces_the_training_time_metric(killed_and_resumed
   assert len(logged) == 64 and logged[0]["input"]["inputs_pretokenized"] == "2124840"
 
 
+@pytest.mark.slow
 def test_infer_entry_point_writes_predictions_and_scores(killed_and_resumed, tmp_path):
   from prompt_tuning.smoke_data import tasks  # pylint: disable=g-import-not-at-top
   run = killed_and_resumed
@@ -240,6 +243,7 @@ def test_infer_entry_point_writes_predictions_and_scores(killed_and_resumed, tmp
                                                                  rel=1e-5)
 
 
+@pytest.mark.slow
 def test_an_exported_npy_prompt_evaluates_like_the_checkpoint(killed_and_resumed, tmp_path):
   run = killed_and_resumed
   npy = run["root"] / "resumed" / "numpy_checkpoints" / f"checkpoint_{STEPS}" / "input_hook.prompt.npy"
@@ -251,6 +255,7 @@ def test_an_exported_npy_prompt_evaluates_like_the_checkpoint(killed_and_resumed
   assert metrics[SCORED] == pytest.approx(training_time_metric(run), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_keep_latest_and_keep_best_by_the_eval_metric(killed_and_resumed):
   straight = killed_and_resumed["straight"]
   # best_metric makes every checkpoint step an eval step.

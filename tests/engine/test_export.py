@@ -83,6 +83,7 @@ def tiny_t5(tmp_path_factory):
   return model, str(path)
 
 
+@pytest.mark.slow
 def test_peft_loads_our_adapter_with_the_identical_prompt(tiny_t5, tmp_path):
   peft = pytest.importorskip("peft", reason="peft is in the 'test' extra")
   model, base_path = tiny_t5
@@ -102,6 +103,7 @@ def test_peft_loads_our_adapter_with_the_identical_prompt(tiny_t5, tmp_path):
   np.testing.assert_array_equal(peft_model.get_prompt(batch_size=1)[0].detach().numpy(), prompt)
 
 
+@pytest.mark.slow
 def test_peft_prepends_the_prompt_to_the_encoder_input_only(tiny_t5, tmp_path):
   torch = pytest.importorskip("torch")
   peft = pytest.importorskip("peft")

@@ -42,6 +42,7 @@ def _probe(policy: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(host_memory._glibc() is None,
                     reason="the policy only changes glibc's allocator (Linux)")
 def test_reuse_policy_removes_per_step_page_faults():

@@ -143,6 +143,7 @@ def loss_with(logits, batch, **settings):
 # Losses and scores
 
 
+@pytest.mark.slow
 def test_loss_fn_is_the_mean_cross_entropy_plus_z_loss_over_weighted_tokens():
   t5 = encoder_decoder(z_loss=1e-2)
   loss, metrics = t5.loss(t5.params, ENC_BATCH, None)
@@ -160,6 +161,7 @@ def test_loss_fn_is_the_mean_cross_entropy_plus_z_loss_over_weighted_tokens():
   np.testing.assert_allclose(metrics["accuracy"], hits.sum() / 7, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_z_loss_adds_its_coefficient_times_the_squared_log_normaliser():
   logits = t5_logits(encoder_decoder(), ENC_BATCH)
   base, _ = loss_with(logits, ENC_BATCH)
@@ -171,6 +173,7 @@ def test_z_loss_adds_its_coefficient_times_the_squared_log_normaliser():
   np.testing.assert_allclose(metrics["cross_ent_loss"], base, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_label_smoothing_on_a_hand_computed_case():
   # Uniform logits over 3 tokens, smoothing 0.3: q = [0.7, 0.15, 0.15], loss = KL(q || 1/3).
   uniform = jnp.zeros((1, 1, 3))
@@ -213,6 +216,7 @@ def test_bad_loss_settings_are_rejected(setting):
     models.EncoderDecoderModel(EncoderDecoder(t5_config()), **setting)
 
 
+@pytest.mark.slow
 def test_dropout_is_on_exactly_when_a_dropout_rng_is_given():
   t5 = encoder_decoder(dropout_rate=0.5)
   a, _ = t5.loss(t5.params, ENC_BATCH, None)
@@ -221,6 +225,7 @@ def test_dropout_is_on_exactly_when_a_dropout_rng_is_given():
   assert float(a) == float(b) and abs(float(a) - float(c)) > 1e-3
 
 
+@pytest.mark.slow
 def test_score_batch_sums_weighted_target_log_probs():
   t5 = encoder_decoder()
   token = np_target_log_probs(t5_logits(t5, ENC_BATCH), ENC_BATCH["decoder_target_tokens"])
@@ -228,6 +233,7 @@ def test_score_batch_sums_weighted_target_log_probs():
                              (token * ENC_BATCH["decoder_loss_weights"]).sum(-1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_hook_inputs_are_routed_from_the_batch():
   t5 = encoder_decoder(hook="table")
   first = t5.score(t5.params, dict(ENC_BATCH, prompt_ids=np.array([0, 0])))
@@ -246,6 +252,7 @@ def test_missing_batch_features_are_named():
     t5.model.loss_fn(t5.params, batch, None)
 
 
+@pytest.mark.slow
 def test_rank_classification_picks_each_examples_best_scoring_choice():
   t5 = encoder_decoder()
   # Two examples x three two-token answers, plus a padding row with no weight. Padded to the
@@ -272,6 +279,7 @@ def test_rank_classification_picks_each_examples_best_scoring_choice():
   assert scores[6] == 0.0  # the padding row would win example 0 if it were counted
 
 
+@pytest.mark.slow
 def test_decoder_only_loss_realigns_targets_around_an_inserted_prompt():
   lm = decoder_only(hook="prompt3", z_loss=0.0)
   loss, metrics = lm.loss(lm.params, LM_BATCH, None)
@@ -284,6 +292,7 @@ def test_decoder_only_loss_realigns_targets_around_an_inserted_prompt():
   assert int(metrics["num_tokens"]) == 6
 
 
+@pytest.mark.slow
 def test_decoder_only_prefix_lm_passes_the_causal_attention_as_prefix():
   causal = decoder_only()
   prefix_lm = decoder_only(inputs_bidirectional_attention=True)
@@ -338,6 +347,7 @@ def uncached_greedy_t5(compiled, encoder_tokens, steps, eos_id=EOS):
   return decoded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["plain", "prompt2"])
 def test_t5_greedy_with_the_kv_cache_equals_uncached_greedy(hook):
   t5 = encoder_decoder(hook=hook)
@@ -367,6 +377,7 @@ def uncached_t5_cache(length):
           "encoder": jnp.asarray(ENC_BATCH["encoder_input_tokens"])}
 
 
+@pytest.mark.slow
 def test_t5_beam_search_with_a_gathered_kv_cache_equals_uncached_beam_search():
   t5 = encoder_decoder()
   length, beams = 6, 3
@@ -381,6 +392,7 @@ def test_t5_beam_search_with_a_gathered_kv_cache_equals_uncached_beam_search():
   assert decodes.shape == (2, beams, length)
 
 
+@pytest.mark.slow
 def test_t5_sampling_with_the_cache_equals_uncached_sampling_and_is_sorted():
   t5 = encoder_decoder()
   length, samples, rng = 5, 4, fast_key(7)
@@ -398,6 +410,7 @@ def test_t5_sampling_with_the_cache_equals_uncached_sampling_and_is_sorted():
   assert len({tuple(d) for d in np.asarray(decodes[0]).tolist()}) > 1  # samples differ
 
 
+@pytest.mark.slow
 def test_t5_beam_of_one_without_length_penalty_equals_greedy():
   # Beam 1 keeps a complete runner-up (an EOS that was not the argmax) when it outscores the
   # greedy path, so compare with EOS unreachable: both follow the argmax chain.
@@ -438,6 +451,7 @@ def uncached_greedy_lm(compiled, batch, steps, prefix_lm):
   return np.array(results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook, prefix_lm", [("plain", False), ("prompt3", True)],
                          ids=["causal", "prompted_prefix_lm"])
 def test_decoder_only_greedy_with_prefill_equals_uncached_greedy(hook, prefix_lm):
@@ -449,6 +463,7 @@ def test_decoder_only_greedy_with_prefill_equals_uncached_greedy(hook, prefix_lm
   assert len(set(decoded[0].tolist())) > 2  # a varied sequence, not one repeated token
 
 
+@pytest.mark.slow
 def test_decoder_only_beam_search_equals_uncached_beam_search():
   lm = decoder_only()
   length, beams = 5, 3

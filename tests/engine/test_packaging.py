@@ -16,6 +16,8 @@ import pytest
 
 from prompt_tuning import smoke
 
+pytestmark = pytest.mark.slow  # builds a wheel and trains from it in a fresh environment
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "prompt_tuning", "tasks",
            "gin"]

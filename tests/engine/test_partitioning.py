@@ -342,6 +342,7 @@ def eight_devices():
   return _json_result(_run_python(EIGHT_DEVICE_SCRIPT, device_count=8))
 
 
+@pytest.mark.slow
 def test_4x2_mesh_shards_model_dims_and_replicates_the_prompt(eight_devices):
   assert eight_devices["mesh"] == {"data": 4, "model": 2}
   assert eight_devices["specs"] == {
@@ -352,33 +353,40 @@ def test_4x2_mesh_shards_model_dims_and_replicates_the_prompt(eight_devices):
   assert eight_devices["shard_shapes"] == {"wi": [8, 8], "wo": [8, 8], "prompt": [4, 8]}
 
 
+@pytest.mark.slow
 def test_sharded_init_gives_the_same_values_as_plain_init(eight_devices):
   assert eight_devices["init_max_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_2d_rules_on_the_mesh_shard_embed_over_data(eight_devices):
   assert eight_devices["specs_2d_wi"] == ["data", "model"]
 
 
+@pytest.mark.slow
 def test_batch_is_split_over_the_data_axis(eight_devices):
   assert eight_devices["batch_spec"] == ["data"]
   assert eight_devices["batch_shard_shape"] == [2, 8]
 
 
+@pytest.mark.slow
 def test_indivisible_parameter_is_reported_by_name(eight_devices):
   message = eight_devices["odd_error"]
   assert message is not None and "'params/wi'" in message and "size 5" in message
 
 
+@pytest.mark.slow
 def test_wrong_device_count_is_reported(eight_devices):
   assert "expects 16 devices but 8 are present" in eight_devices["count_error"]
 
 
+@pytest.mark.slow
 def test_optimizer_slots_follow_parameter_shardings(eight_devices):
   assert eight_devices["adam_mu_wi_spec"] == [None, "model"]
   assert eight_devices["adam_count_spec"] == []
 
 
+@pytest.mark.slow
 def test_train_step_on_4x2_mesh_matches_one_device(eight_devices):
   np.testing.assert_allclose(eight_devices["mesh_losses"], eight_devices["one_losses"], rtol=1e-5)
   assert eight_devices["prompt_moved"] > 0.1  # training did something...
@@ -416,6 +424,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_data_and_form_one_global_batch():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -434,6 +443,7 @@ def test_two_processes_split_the_data_and_form_one_global_batch():
     assert result["model_parallel_shard"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_initialize_distributed_without_a_cluster_is_a_no_op():
   script = """
   import json

@@ -74,6 +74,7 @@ def _train(*, patterns, optimizer, steps=5, loss_fn=mean_loss, **step_kwargs):
 # Selector.
 
 
+@pytest.mark.slow
 def test_default_selector_picks_only_the_hook():
   trainable, frozen = train_state.split_params(params=_params())
   assert list(trainable) == ["input_hook"]
@@ -204,6 +205,7 @@ def _one_step(*, num_microbatches, loss_fn=mean_loss, loss_reduction="mean", pat
   return step(state, frozen, _batch(size=8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_microbatches", [2, 4, 8])
 def test_microbatched_step_equals_one_big_batch(num_microbatches):
   full_state, full_metrics = _one_step(num_microbatches=1)
@@ -214,6 +216,7 @@ def test_microbatched_step_equals_one_big_batch(num_microbatches):
     np.testing.assert_allclose(float(micro_metrics[name]), float(full_metrics[name]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_microbatching_with_summed_loss():
   def sum_loss(params, batch, rng):
     loss, metrics = mean_loss(params, batch, rng)
@@ -243,6 +246,7 @@ def test_each_microbatch_gets_its_own_dropout_key():
   assert len(seen) == 4 and len(set(seen)) == 4
 
 
+@pytest.mark.slow
 def test_global_norm_clipping_limits_the_update_and_reports_the_raw_norm():
   params = _params()
   trainable, frozen = train_state.split_params(params=params)

@@ -19,6 +19,8 @@ import pytest
 from prompt_tuning import train as train_lib
 from prompt_tuning.engine import checkpoint_import, checkpoints, export, reporting, trainer
 
+pytestmark = pytest.mark.slow  # whole training runs through the train entry point
+
 REPO = Path(__file__).resolve().parents[2]
 # A real T5X checkpoint (legacy msgpack + zarr) of T5 1.1 tiny: width 4, 2+2 layers.
 T5X_TINY = REPO / "tests" / "fixtures" / "t5x_reference" / "test_t5_1_1_tiny" / "checkpoint_3"

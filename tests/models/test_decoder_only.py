@@ -23,6 +23,7 @@ def model(request):
   return _init(request.param)
 
 
+@pytest.mark.slow
 def test_parameter_tree_matches_position_scheme():
   _, rel = _init("relative")
   _, learned = _init("learned")
@@ -55,6 +56,7 @@ def test_prefix_lm_attends_bidirectionally_inside_the_prefix_only(model):
   np.testing.assert_allclose(base[0, :4], after[0, :4], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_padded_prefill_then_steps_match_unpadded_full_passes(model):
   module, params = model
   cache = init_decoder_only_cache(module, params, 2, 8)

@@ -24,6 +24,8 @@ transformers = pytest.importorskip("transformers",
 from prompt_tuning.engine import checkpoint_import as ci
 from prompt_tuning.models.t5 import EncoderDecoder, init_decoder_cache
 
+pytestmark = pytest.mark.slow  # builds transformers models and compares with PyTorch
+
 EOS = 1
 NEW_TOKENS = 10
 TOLERANCE = 1e-4

@@ -34,6 +34,7 @@ def _inputs(bias_shape, dropout, dtype=jnp.float32):
   return query, key, value, bias, keep, cotangent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias_shape", [(B, H, Q, K), (1, H, Q, K), (B, 1, Q, K)])
 @pytest.mark.parametrize("dropout", [False, True])
 def test_attention_output_and_every_gradient_match_autodiff(bias_shape, dropout):
@@ -93,6 +94,7 @@ def test_fully_masked_query_rows_stay_finite():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
+@pytest.mark.slow
 def test_gated_mlp_keeps_t5x_parameter_paths_and_equals_separate_products():
   cfg = ModelConfig(vocab_size=16, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
                     num_encoder_layers=1, num_decoder_layers=1)
@@ -115,6 +117,7 @@ def test_gated_mlp_keeps_t5x_parameter_paths_and_equals_separate_products():
                                atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argnums", [(0,), (1,), (2,), (1, 2), (0, 1, 2)])
 def test_stacked_matmul_gradients_of_any_input_subset_match_separate_products(argnums):
   """The hand-written backward pass (separate products, kernel gradients only when trained)."""

@@ -23,6 +23,7 @@ def _small(**kw):
                     relative_attention_num_buckets=8, relative_attention_max_distance=16, **kw)
 
 
+@pytest.mark.slow
 def test_tiny_preset_has_t5x_parameter_tree():
   module, params = _init(get_config("t5_1_1_tiny"))
   flat = {"/".join(p.key for p in path): leaf.shape
@@ -47,6 +48,7 @@ def test_parameters_carry_logical_axes():
   assert tuple(specs["decoder"]["relpos_bias"]["rel_embedding"]) == ("heads", "relpos_buckets")
 
 
+@pytest.mark.slow
 def test_t5_1_0_ties_logits_and_uses_single_relu_projection():
   cfg = _small(mlp_activations=("relu",), logits_via_embedding=True)
   module, params = _init(cfg)
@@ -58,6 +60,7 @@ def test_t5_1_0_ties_logits_and_uses_single_relu_projection():
   np.testing.assert_allclose(logits, manual, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunks", [[(0, 5)], [(0, 1), (1, 2), (2, 5)], [(i, i + 1) for i in range(5)]])
 def test_cached_decoding_matches_teacher_forcing(chunks):
   module, params = _init(_small())
@@ -75,6 +78,7 @@ def test_cached_decoding_matches_teacher_forcing(chunks):
   assert int(cache["decoder"]["index"]) == DEC.shape[1]
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_an_examples_logits():
   module, params = _init(_small())
   alone = module.apply({"params": params}, ENC[1:, :3], DEC[1:])
@@ -91,6 +95,7 @@ def test_input_embeddings_replace_token_lookup():
   np.testing.assert_allclose(via_ids, via_embeddings, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_when_enabled():
   module, params = _init(_small(dropout_rate=0.5))
   a = module.apply({"params": params}, ENC, DEC)
@@ -101,6 +106,7 @@ def test_dropout_is_active_only_when_enabled():
   assert np.abs(np.asarray(a - c)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_remat_gives_same_values_and_gradients():
   plain_module, params = _init(_small())
   remat_module = EncoderDecoder(_small(remat_policy="full"))
@@ -111,6 +117,7 @@ def test_remat_gives_same_values_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   cfg = _small(dtype="bfloat16")
   module, params = _init(cfg)

@@ -102,6 +102,7 @@ def test_positions_continue_from_non_zero_start(placement):
   np.testing.assert_array_equal(np.asarray(out.positions), np.tile(10 + np.arange(L + P), (4, 1)))
 
 
+@pytest.mark.slow
 def test_random_padded_batches_stay_real_then_padding():
   rng = np.random.RandomState(0)
   for trial in range(5):

@@ -47,6 +47,7 @@ def _init_prompt(hook, width=4, hook_inputs=None):
   return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(params))
 
 
+@pytest.mark.slow
 def test_prompt_gin_gives_a_uniform_prefix_prompt_of_prompt_length():
   hook = _hook("gin/prompts/prompt.gin", "PROMPT_LENGTH = 20")
   assert isinstance(hook, hooks.PromptHook) and isinstance(hook.provider, providers.Prompt)
@@ -56,6 +57,7 @@ def test_prompt_gin_gives_a_uniform_prefix_prompt_of_prompt_length():
   assert prompt.min() >= -0.5 and prompt.max() < 0.5 and prompt.std() > 0.2
 
 
+@pytest.mark.slow
 def test_placement_and_scale_are_overridable():
   hook = _hook("gin/prompts/random_uniform.gin", "PROMPT_LENGTH = 50",
                "PROMPT_PLACEMENT = 'suffix'", "PROMPT_INIT_SCALE = 0.01")
@@ -63,6 +65,7 @@ def test_placement_and_scale_are_overridable():
   assert np.abs(_init_prompt(hook)["prompt"]).max() <= 0.01
 
 
+@pytest.mark.slow
 def test_prompt_table_gin_gives_one_prompt_per_row():
   hook = _hook("gin/prompts/prompt_table.gin", "PROMPT_LENGTH = 6", "NUM_PROMPTS = 4")
   assert isinstance(hook.provider, providers.PromptTable)
@@ -71,6 +74,7 @@ def test_prompt_table_gin_gives_one_prompt_per_row():
   assert not np.allclose(table[0], table[1])
 
 
+@pytest.mark.slow
 def test_sampled_vocabulary_gin_reads_the_embedding_table():
   hook = _hook("gin/prompts/sampled_vocabulary.gin", "PROMPT_LENGTH = 30",
                f"INITIAL_CHECKPOINT_PATH = '{EMBEDDINGS}'")

@@ -260,6 +260,7 @@ def test_majority_vote_tokens_matches_string_vote(xp):
   np.testing.assert_array_equal(np.asarray(winners), [codes["b"], codes["y"], codes["p"]])
 
 
+@pytest.mark.slow
 def test_ensemble_pass_equals_each_prompt_alone():
   model = _table_model()
   variables = _table_variables(model)

@@ -80,6 +80,7 @@ def _t5(provider_kind=None, prompt_attends_input=True):
   return model, params, jax.jit(run)
 
 
+@pytest.mark.slow
 def test_gradient_is_taken_over_the_prompt_alone():
   model, params, _ = _t5("prompt")
   frozen = {name: value for name, value in params.items() if name != "input_hook"}
@@ -104,6 +105,7 @@ def test_gradient_is_taken_over_the_prompt_alone():
   assert float(jnp.min(jnp.abs(grads["prompt"]).sum(axis=1))) > 0  # every prompt row matters
 
 
+@pytest.mark.slow
 def test_mixed_prompt_batch_matches_single_prompt_batches():
   _, params, run = _t5("table")
   assert params["input_hook"]["prompt_table"].shape == (NUM_PROMPTS, PROMPT_LENGTH, 4)
@@ -126,6 +128,7 @@ def _manual_prefix(params):
   return jnp.concatenate([prompt, embedded], axis=1), mask
 
 
+@pytest.mark.slow
 def test_prompted_encoder_equals_unhooked_encoder_on_concatenated_embeddings():
   _, params, run = _t5("prompt")
   _, _, run_plain = _t5(None)
@@ -140,6 +143,7 @@ def test_prompted_encoder_equals_unhooked_encoder_on_concatenated_embeddings():
   assert _max_diff(logits, manual_logits) < 1e-5
 
 
+@pytest.mark.slow
 def test_prompt_that_may_not_attend_input_ignores_the_input():
   _, params, run_private = _t5("prompt", prompt_attends_input=False)
   _, _, run_open = _t5("prompt")
@@ -153,6 +157,7 @@ def test_prompt_that_may_not_attend_input_ignores_the_input():
     assert _max_diff(encoded[:, PROMPT_LENGTH:], other[:, PROMPT_LENGTH:]) > 1e-4
 
 
+@pytest.mark.slow
 def test_t5_logits_do_not_depend_on_batch_padding():
   _, params, run = _t5("prompt")
   batched = run(params, ENCODER_TOKENS, DECODER_TOKENS)[2]
@@ -197,6 +202,7 @@ def _manual_lm_layout(embedded, prompt, placement):
   return jnp.stack(rows), np.array(masks, np.int32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement, position_embedding", [
     ("prefix", "relative"), ("suffix", "relative"), ("suffix", "learned")])
 def test_prompted_lm_equals_unhooked_lm_on_manual_layout(placement, position_embedding):
@@ -216,6 +222,7 @@ def test_prompted_lm_equals_unhooked_lm_on_manual_layout(placement, position_emb
     assert [i for i in index[b][: n + PROMPT_LENGTH] if i >= 0] == list(range(n))
 
 
+@pytest.mark.slow
 def test_lm_logits_do_not_depend_on_batch_padding():
   params, run = _lm("suffix")
   batched = run(params, LM_TOKENS, mask=LM_MASK).logits

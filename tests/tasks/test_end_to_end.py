@@ -88,6 +88,7 @@ def mocked(tfds_dir, extra_tasks):
     yield
 
 
+@pytest.mark.slow
 def test_one_task_per_family_through_the_evaluator(mocked):
   results = evaluation.evaluate(
       "e2e_validation_mixture", predict_fn=stub_predict, score_fn=stub_score,

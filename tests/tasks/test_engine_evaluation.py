@@ -21,6 +21,8 @@ from prompt_tuning.engine import partitioning
 from prompt_tuning.engine import trainer
 from prompt_tuning.models import EncoderDecoder, get_config
 
+pytestmark = pytest.mark.slow  # evaluates real tasks through the engine's compiled model
+
 LENGTHS = {"inputs": 32, "targets": 8}
 BATCH_SIZE = 4
 EXAMPLES = {
