@@ -12,13 +12,14 @@ import os
 import re
 from typing import Any, Dict, Optional
 
+from prompt_tuning.engine.params import PROMPT_PATH
 from prompt_tuning.pipelines.stages import DIR_OUTPUT, PipelineError
 
 CHECKPOINTS_SUBDIR = "checkpoints"  # trainer.CHECKPOINTS_SUBDIR
 NUMPY_EXPORT_SUBDIR = "numpy_checkpoints"  # trainer.NUMPY_EXPORT_SUBDIR
 PEFT_EXPORT_SUBDIR = "peft_adapters"  # trainer.PEFT_EXPORT_SUBDIR
 COMMIT_MARKER = "commit_success.txt"  # a step folder whose save completed (checkpoints.py)
-PROMPT_FILE = "input_hook.prompt.npy"  # the [P, H] prompt as trainer.export_prompts names it
+PROMPT_FILE = PROMPT_PATH.replace("/", ".") + ".npy"  # the [P, H] prompt as the trainer exports it
 CONFIG_FILE = "config.gin"  # gin_utils.OPERATIVE_CONFIG_FILE
 METRICS_SUBDIR = "metrics"
 INFER_EVAL_METRICS = "infer_eval.jsonl"  # reporting.INFER_EVAL

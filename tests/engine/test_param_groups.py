@@ -219,6 +219,7 @@ def _load(groups, restore=None):
       groups=groups)
 
 
+@pytest.mark.slow
 def test_a_group_is_read_from_its_own_checkpoint_through_the_prefix_map(encoder_checkpoint):
   path, values = encoder_checkpoint
   placed, _ = _load(_groups(path))
@@ -229,6 +230,7 @@ def test_a_group_is_read_from_its_own_checkpoint_through_the_prefix_map(encoder_
     np.testing.assert_array_equal(got[name], want[name])
 
 
+@pytest.mark.slow
 def test_a_source_missing_the_groups_leaves_is_one_sentence(encoder_checkpoint):
   path, _ = encoder_checkpoint
   groups = _groups(path)
@@ -238,6 +240,7 @@ def test_a_source_missing_the_groups_leaves_is_one_sentence(encoder_checkpoint):
     _load(groups)
 
 
+@pytest.mark.slow
 def test_a_source_with_the_wrong_shape_is_one_sentence(tmp_path):
   wrong = tmp_path / "wrong.npz"
   np.savez(wrong, **{"input_hook/queries": np.zeros((PROMPT_LENGTH + 1, 4), np.float32),
@@ -253,6 +256,7 @@ def test_a_source_with_the_wrong_shape_is_one_sentence(tmp_path):
     _load(groups)
 
 
+@pytest.mark.slow
 def test_a_missing_source_checkpoint_is_one_sentence(tmp_path):
   groups = _groups(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"Parameter group 'encoder': checkpoint .*nowhere "
@@ -264,6 +268,7 @@ def test_a_missing_source_checkpoint_is_one_sentence(tmp_path):
 # End to end: a hook with a frozen sub-network from a second checkpoint.
 
 
+@pytest.mark.slow
 def test_the_frozen_sub_network_is_bit_identical_after_training(generator_run, encoder_checkpoint):
   result, _ = generator_run
   trained_encoder = _flat(result.frozen["input_hook"]["encoder"])
@@ -275,6 +280,7 @@ def test_the_frozen_sub_network_is_bit_identical_after_training(generator_run, e
   assert len(losses) == 4 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_the_frozen_base_is_bit_identical_after_training(generator_run):
   result, _ = generator_run
   from prompt_tuning.engine import checkpoint_import  # pylint: disable=g-import-not-at-top
@@ -284,6 +290,7 @@ def test_the_frozen_base_is_bit_identical_after_training(generator_run):
     np.testing.assert_array_equal(frozen[name], np.asarray(base.read(name)))
 
 
+@pytest.mark.slow
 def test_only_the_exported_group_is_written_and_it_loads_back(generator_run, encoder_checkpoint):
   result, model_dir = generator_run
   exports = sorted(os.path.relpath(p, model_dir) for p in result.exports)
@@ -304,6 +311,7 @@ def test_only_the_exported_group_is_written_and_it_loads_back(generator_run, enc
     np.testing.assert_array_equal(_flat(loaded)[name], value)
 
 
+@pytest.mark.slow
 def test_hook_inputs_reach_the_hook_in_their_declared_shape_and_change_the_prompt(generator_run):
   result, _ = generator_run
   model = _wrapper()
@@ -325,6 +333,7 @@ def test_hook_inputs_reach_the_hook_in_their_declared_shape_and_change_the_promp
   np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(embedded[0]))
 
 
+@pytest.mark.slow
 def test_a_task_without_a_declared_hook_input_is_one_sentence():
   converter = _wrapper().feature_converter()
   dataset = seqio.get_mixture_or_task(smoke_tasks.LAST_DIGIT_TASK).get_dataset(
@@ -411,6 +420,7 @@ class ClassifierWrapper:
     return None
 
 
+@pytest.mark.slow
 def test_a_new_wrapper_trains_and_evaluates_through_the_protocol(tmp_path):
   model = ClassifierWrapper()
   dataset_cfg = data.DatasetConfig(mixture_or_task_name=smoke_tasks.LAST_DIGIT_TASK,

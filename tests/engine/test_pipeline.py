@@ -444,7 +444,7 @@ def test_best_step_settings_are_read_from_the_operative_config():
 
 def test_folder_names_agree_with_the_trainer_and_entry_points():
   # pylint: disable-next=g-import-not-at-top
-  from prompt_tuning.engine import checkpoints, evaluation, gin_utils, reporting, trainer
+  from prompt_tuning.engine import checkpoints, evaluation, gin_utils, params, reporting, trainer
   assert outputs.CHECKPOINTS_SUBDIR == trainer.CHECKPOINTS_SUBDIR
   assert outputs.NUMPY_EXPORT_SUBDIR == trainer.NUMPY_EXPORT_SUBDIR
   assert outputs.PEFT_EXPORT_SUBDIR == trainer.PEFT_EXPORT_SUBDIR
@@ -453,7 +453,7 @@ def test_folder_names_agree_with_the_trainer_and_entry_points():
   assert outputs.INFER_EVAL_METRICS == reporting.INFER_EVAL + ".jsonl"
   assert outputs.EVAL_PREDICTIONS_SUBDIR == evaluation.INFERENCE_LOG_SUBDIR
   # pylint: disable-next=protected-access
-  assert outputs.PROMPT_FILE == trainer._PROMPT_PATH.replace("/", ".") + ".npy"
+  assert outputs.PROMPT_FILE == params.PROMPT_PATH.replace("/", ".") + ".npy"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ def test_summaries_are_tensorboard_scalars(tmp_path):
   assert event.step == 7 and float(tensor_util.make_ndarray(event.tensor_proto)) == 80.0
 
 
+@pytest.mark.slow
 def test_training_draws_a_learning_curve_png_at_each_eval(tmp_path):
   writer = reporting.MetricsWriter(model_dir=str(tmp_path), tensorboard=False)
   reporter = reporting.TrainingReporter(writer=writer, total_steps=20, batch_size=2,

@@ -81,6 +81,7 @@ def test_squad_and_drop_keep_every_answer_for_the_metric(tfds_dir):
   assert task.postprocess_fn("two", example=drop, is_target=True) == ["2", "two"]
 
 
+@pytest.mark.slow
 def test_every_source_task_and_the_mixture_build_from_random_examples(tfds_dir):
   names = _spot_tasks()
   assert len(names) == 18  # 9 sources, each also taskless
