@@ -1,8 +1,7 @@
 """What a finished prompt run left in its model_dir, as the prompt library needs it.
 
 A run exports each saved prompt as `<model_dir>/numpy_checkpoints/checkpoint_<step>/<name>.npy`
-(`engine.trainer.export_prompts`; `input_hook/prompt` becomes `input_hook.prompt.npy`) and
-writes its evaluations to `<model_dir>/metrics/infer_eval.jsonl`, one `{"step": N,
+(`engine.trainer.export_prompts`; the name is the prompt's parameter path with dots) and writes its evaluations to `<model_dir>/metrics/infer_eval.jsonl`, one `{"step": N,
 "task/metric": value, ...}` object per evaluation (`engine.reporting`). From these `read_run`
 picks the key step (fixed, 10K by default) and the value step (the best exported step by a
 metric), and reads the seed from the run's `config.gin`.
@@ -16,10 +15,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from prompt_tuning.engine.params import PROMPT_PATH
 from prompt_tuning.methods.spot import storage
 
 NUMPY_EXPORT_SUBDIR = "numpy_checkpoints"  # as engine.trainer.NUMPY_EXPORT_SUBDIR
-DEFAULT_PROMPT = "input_hook.prompt"
+DEFAULT_PROMPT = PROMPT_PATH.replace("/", ".")
 DEFAULT_KEY_STEP = 10_000  # SPoT's task embedding: the prompt after 10K steps
 INFER_EVAL_FILE = "metrics/infer_eval.jsonl"
 _SEED = re.compile(r"^\s*(?:RANDOM_SEED|train\.random_seed)\s*=\s*(\d+)\s*$", re.MULTILINE)
