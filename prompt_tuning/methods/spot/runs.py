@@ -1,7 +1,8 @@
 """What a finished prompt run left in its model_dir, as the prompt library needs it.
 
 A run exports each saved prompt as `<model_dir>/numpy_checkpoints/checkpoint_<step>/<name>.npy`
-(`engine.trainer.export_prompts`; the name is the prompt's parameter path with dots) and writes its evaluations to `<model_dir>/metrics/infer_eval.jsonl`, one `{"step": N,
+(`engine.trainer.export_prompts`; the name is the prompt's parameter path with dots) and
+writes its evaluations to `<model_dir>/metrics/infer_eval.jsonl`, one `{"step": N,
 "task/metric": value, ...}` object per evaluation (`engine.reporting`). From these `read_run`
 picks the key step (fixed, 10K by default) and the value step (the best exported step by a
 metric), and reads the seed from the run's `config.gin`.
