@@ -53,6 +53,7 @@ def evaluate(
   from prompt_tuning.engine import data, evaluation, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
+  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
   setup = trainer.load_for_inference(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
@@ -84,6 +85,12 @@ def evaluate(
     for name, value in sorted(flat.items()):
       print(f"{name} = {value:.4f} (step {step})")
   return flat
+
+
+def _check_data(dataset_cfg: Any) -> None:
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
+  availability.check_prepared(availability.require_task(
+      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before evaluating"))
 
 
 def main(argv: Sequence[str]) -> Dict[str, float]:

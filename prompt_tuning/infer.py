@@ -54,6 +54,7 @@ def infer(
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import data, evaluation, partitioning, trainer  # pylint: disable=g-import-not-at-top
 
+  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
   setup = trainer.load_for_inference(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
@@ -119,6 +120,12 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
     for text, row in zip(inputs, rows):
       records.append({"index": len(records), "inputs": _text(text), **row})
   return records
+
+
+def _check_data(dataset_cfg: Any) -> None:
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
+  availability.check_prepared(availability.require_task(
+      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before inference"))
 
 
 def main(argv: Sequence[str]) -> List[str]:
