@@ -12,7 +12,8 @@ Runs a task's SeqIO metrics (predictions and/or scores) for a trained run or a r
     --gin.TASK_MODULE="'prompt_tuning.smoke_data.tasks'" --gin.PROMPT_LENGTH=8
 
 Metrics go to `<output_dir>/metrics/infer_eval.jsonl` and TensorBoard summaries; every example's
-prediction (or score) goes to `<output_dir>/inference_eval/<task>-<step>.jsonl`.
+prediction (or score) goes to `<output_dir>/inference_eval/<task>-<split>-step_<N>.jsonl` (the
+name infer uses under `inference/`).
 """
 from __future__ import annotations
 
