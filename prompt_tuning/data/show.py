@@ -14,18 +14,17 @@ import sys
 from typing import Any, List, Optional, TextIO
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
-from prompt_tuning.data import availability
+from prompt_tuning.engine import quiet
 
 
-def inspection_view(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def inspection_view(dataset):
   """The dataset without tf.data's graph optimisations and autotuning.
 
   Those pay off over long runs but dominate the cost of reading a handful of examples
   (iterator creation drops from about 0.5 s to 0.1 s per pipeline on a small CPU).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   options = tf.data.Options()
   options.experimental_optimization.apply_default_optimizations = False
   options.autotune.enabled = False
@@ -45,6 +44,8 @@ def _format_value(value: Any) -> str:
 def describe(name: str, *, split: Optional[str], num_examples: int,
              sequence_length: Optional[dict], out: TextIO) -> None:
   """Writes the provider's splits and `num_examples` processed examples of `split` to `out`."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
   provider = seqio.get_mixture_or_task(name)
   if isinstance(provider, seqio.Mixture):
     out.write(f"mixture {name}: {len(provider.tasks)} tasks\n")
@@ -80,6 +81,8 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
                            "prompt_tuning.smoke_data.tasks (repeatable)")
   args = parser.parse_args(argv)
 
+  quiet.quiet_libraries()
+  import seqio  # pylint: disable=g-import-not-at-top
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers everything)
   for module in args.module:
     try:
