@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 CHANCE_ACCURACY = 10.0  # percent: ten possible digits
 TARGET_TASK = "smoke_last_digit"
+BASE_MODEL_GIN = "gin/models/byte_t5_tiny.gin"
 BASE_TASK = "smoke_skills"
 
 
@@ -46,6 +47,7 @@ class SmokeReport:
   prompt_dir: str
   exports: List[str]
   commands: List[str] = dataclasses.field(default_factory=list)
+  hf_base: Optional[str] = None
 
   def lines(self) -> List[str]:
     npy = [p for p in self.exports if p.endswith(".npy")]
@@ -63,6 +65,7 @@ class SmokeReport:
         f"  prompt run: {self.prompt_dir}",
         f"  prompt .npy: {npy[-1] if npy else 'none'}",
         f"  PEFT adapter: {peft[-1] if peft else 'none'}",
+        f"  Hugging Face base (for the adapter): {self.hf_base or 'none'}",
     ] + (["  the same runs from the command line (run from the repository root):"]
          + [f"    {command}" for command in self.commands] if self.commands else [])
 
@@ -74,7 +77,7 @@ def _gin_args(files: Sequence[str], bindings: Dict[str, str]) -> List[str]:
 def base_args(*, model_dir: str, steps: int) -> List[str]:
   """Command-line arguments of stage 1 (also printable as a `prompt_tuning.train` command)."""
   return _gin_args(
-      ["gin/models/byte_t5_tiny.gin", "gin/runs/finetune.gin", "gin/runs/smoke.gin"],
+      [BASE_MODEL_GIN, "gin/runs/finetune.gin", "gin/runs/smoke.gin"],
       {"MODEL_DIR": repr(model_dir), "INITIAL_CHECKPOINT_PATH": "None",
        "MIXTURE_OR_TASK_NAME": repr(BASE_TASK), "TRAIN_STEPS": str(steps),
        "EVAL_PERIOD": str(steps), "CHECKPOINT_PERIOD": str(steps),
@@ -137,7 +140,10 @@ def _accuracy(model_dir: str, task: str, step: int) -> float:
 def run(*, work_dir: Optional[str] = None, base_steps: int = 400, prompt_steps: int = 150,
         prompt_length: int = 8) -> SmokeReport:
   """Runs both stages in `work_dir` (a new temporary folder by default)."""
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import export_hf, train as train_lib
+  from prompt_tuning.engine import hf_export
+  # pylint: enable=g-import-not-at-top
 
   start = time.time()
   work_dir = work_dir or tempfile.mkdtemp(prefix="prompt_tuning_smoke_")
@@ -147,6 +153,10 @@ def run(*, work_dir: Optional[str] = None, base_steps: int = 400, prompt_steps: 
   base_cli = base_args(model_dir=base_dir, steps=base_steps)
   base = train_lib.main(base_cli)
   base_checkpoint = os.path.join(base.checkpoint_dir, str(base.step), "params")
+  # Exported before the prompt run, so its PEFT adapters name this folder as their base.
+  hf_base = hf_export.export_checkpoint(
+      config=export_hf.model_config([BASE_MODEL_GIN], []), checkpoint_path=base_checkpoint,
+      directory=hf_export.default_directory(base_checkpoint))
   prompt_cli = prompt_args(model_dir=prompt_dir, base_checkpoint=base_checkpoint,
                            steps=prompt_steps, prompt_length=prompt_length)
   prompt = train_lib.main(prompt_cli)
@@ -159,7 +169,7 @@ def run(*, work_dir: Optional[str] = None, base_steps: int = 400, prompt_steps: 
       accuracy_before=_accuracy(prompt_dir, TARGET_TASK, 0),
       accuracy_after=_accuracy(prompt_dir, TARGET_TASK, prompt.step),
       seconds=time.time() - start, base_checkpoint=base_checkpoint, prompt_dir=prompt_dir,
-      exports=prompt.exports,
+      exports=prompt.exports, hf_base=hf_base,
       commands=[command_line("prompt_tuning.train", base_cli),
                 command_line("prompt_tuning.train", prompt_cli),
                 command_line("prompt_tuning.eval", eval_cli)])

@@ -90,3 +90,17 @@ def test_report_prints_commands_that_reproduce_the_runs(job, tmp_path):
   args = [a for a in shlex.split(evaluate)[3:] if not a.startswith("--gin.EVAL_OUTPUT_DIR=")]
   metrics = eval_lib.main(args + [f"--gin.EVAL_OUTPUT_DIR={str(tmp_path)!r}"])
   assert metrics["smoke_last_digit/accuracy"] == pytest.approx(report.accuracy_after)
+
+
+def test_the_adapter_loads_onto_the_exported_hugging_face_base(job):
+  transformers = pytest.importorskip("transformers", reason="needs the 'test' extra")
+  peft = pytest.importorskip("peft", reason="needs the 'test' extra")
+  report, work_dir = job
+  assert report.hf_base == str(work_dir / "base" / "hf_export" / "checkpoint_400")
+  adapter = work_dir / "prompt" / "peft_adapters" / "checkpoint_100"
+  with open(adapter / "adapter_config.json") as f:
+    assert json.load(f)["base_model_name_or_path"] == report.hf_base
+  base = transformers.T5ForConditionalGeneration.from_pretrained(report.hf_base)
+  model = peft.PeftModel.from_pretrained(base, str(adapter))
+  np.testing.assert_array_equal(model.prompt_encoder["default"].embedding.weight.detach().numpy(),
+                                export.load_peft_prompt(directory=str(adapter)))
