@@ -431,10 +431,10 @@ def run_entry_point(fn: Callable, name: str, argv: Sequence[str], *, prog: str,
   """Flags -> early gin check -> multi-process init -> gin -> `fn(**bindings, ...)`."""
   flags = parse_flags(argv, prog=prog, description=description)
   check_gin_early(flags)
-  from prompt_tuning.engine import quiet  # pylint: disable=g-import-not-at-top
-  quiet.quiet_libraries()
   host_memory.configure(flags.host_allocator)  # before JAX starts its CPU client
   _configure_host_devices(flags.host_cpu_devices)
+  from prompt_tuning.engine import quiet  # pylint: disable=g-import-not-at-top
+  quiet.quiet_libraries()
   _initialize_distributed(flags)
   from prompt_tuning.engine import reporting  # pylint: disable=g-import-not-at-top
   reporting.configure_logging()
