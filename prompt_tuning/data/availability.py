@@ -1,9 +1,10 @@
 """Is a task registered, and is its TFDS data on disk? Checked before any heavy work.
 
 The entry points resolve the task before loading a checkpoint, so a misspelled name costs
-seconds, not a checkpoint restore. Reading a TFDS-backed SeqIO task whose data is not prepared makes TFDS try to download and
-build it; without network access that hangs for minutes and ends in a ConnectionError
-traceback. The check looks at the builder's folder only (no network, well under a second).
+seconds, not a checkpoint restore. Reading a TFDS-backed SeqIO task whose data is not prepared
+makes TFDS try to download and build it; without network access that hangs for minutes and
+ends in a ConnectionError traceback. The check looks at the builder's folder only (no
+network, well under a second).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def unprepared_message(task_or_mixture: Any) -> Optional[str]:
       continue
     try:
       builder = loader.builder
-    except Exception:  # pylint: disable=broad-except  (per-split maps, unknown names: let SeqIO say)
+    except Exception:  # pylint: disable=broad-except  (per-split maps etc.: SeqIO will say)
       continue
     if builder.is_prepared():
       continue
