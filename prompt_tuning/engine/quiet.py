@@ -3,9 +3,11 @@
 On a CPU machine TensorFlow (used for the data pipelines) prints its oneDNN and CPU-feature
 notices and a CUDA-driver error when it probes for GPUs; its C++ logging writes these before
 its log-level setting applies, so they are filtered from the process's stderr while TensorFlow
-starts. Orbax repeats "Metadata file does not exist" when restoring from a step folder, and
-SeqIO warns that function tasks are not cached; these routine messages are dropped from absl's
-logger by their text. Every other message, warnings included, still shows.
+starts. Orbax repeats "Metadata file does not exist" when restoring from a step folder and
+notes that a checkpoint folder opened for reading is read-only, and SeqIO warns that function
+tasks are not cached and that evaluation lengths exceed the data; these routine messages are
+dropped from absl's logger by their text. Every other Python log message, warnings included,
+still shows.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ ROUTINE_MESSAGES = (
     "Metadata file does not exist",
     "Using an uncached FunctionDataset",
     "does not support caching. Switching to on-the-fly",
+    "Given sequence lengths are longer than necessary",
+    "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0",
+    "Given directory is read only",
 )
 
 _STARTED = False
@@ -83,7 +88,9 @@ def quiet_libraries() -> None:
   if _STARTED:
     return
   _STARTED = True
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # C++ INFO lines; warnings still show
+  # TensorFlow's and XLA's C++ INFO and WARNING lines (e.g. tf.data's routine notice that an
+  # evaluation read part of a cached dataset), as the smoke job always did; Python warnings show.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import absl.logging  # pylint: disable=g-import-not-at-top
   absl_logger = absl.logging.get_absl_logger()
   if not any(isinstance(f, RoutineMessageFilter) for f in absl_logger.filters):

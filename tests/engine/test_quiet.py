@@ -19,6 +19,7 @@ from absl import logging
 logging.warning('Metadata file does not exist: %s', '/run/checkpoints/5/_CHECKPOINT_METADATA')
 logging.warning('Using an uncached FunctionDataset for training is not recommended since ...')
 logging.warning("Task '%s' does not support caching. Switching to on-the-fly preprocessing.", 't')
+logging.warning('Given sequence lengths are longer than necessary for some evaluation inputs')
 logging.warning('A real warning about %s', 'something')
 """
 
