@@ -8,9 +8,11 @@ network, well under a second).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import seqio
 
@@ -42,18 +44,37 @@ def _tfds_loader(source: Any) -> Optional[Any]:
   return source.tfds_dataset
 
 
+class _NoDatasetInfoFilter(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tfds_folder_warning() -> Iterator[None]:
+  """TFDS warns that an unprepared dataset's folder has no dataset_info.json; the sentence
+  `unprepared_message` returns says so already."""
+  import absl.logging  # pylint: disable=g-import-not-at-top
+  logger, quiet = absl.logging.get_absl_logger(), _NoDatasetInfoFilter()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
 def unprepared_message(task_or_mixture: Any) -> Optional[str]:
   """One sentence naming the first TFDS dataset of the task(s) that is not prepared, or None."""
   for task in seqio.get_subtasks(task_or_mixture):
     loader = _tfds_loader(task.source)
     if loader is None:
       continue
-    try:
-      builder = loader.builder
-    except Exception:  # pylint: disable=broad-except  (per-split maps etc.: SeqIO will say)
-      continue
-    if builder.is_prepared():
-      continue
+    with _without_tfds_folder_warning():
+      try:
+        builder = loader.builder
+      except Exception:  # pylint: disable=broad-except  (per-split maps etc.: SeqIO will say)
+        continue
+      if builder.is_prepared():
+        continue
     folder = str(builder.data_dir)
     suffix = os.sep + builder.info.full_name
     root = folder[:-len(suffix)] if folder.endswith(suffix) else folder

@@ -76,3 +76,21 @@ def test_unprepared_tfds_data_is_one_sentence_not_a_download(tmp_path, monkeypat
       "tensorflow_datasets.builder('super_glue/rte:1.0.2', data_dir=...).download_and_prepare() "
       "and point TFDS_DATA_DIR at that folder.")
   assert "example 0" not in out.getvalue()
+
+
+def test_offline_command_with_an_empty_tfds_data_dir(tmp_path):
+  """The reported case, as a user runs it: no data in TFDS_DATA_DIR, exit 2, one sentence."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(repo)}
+  done = subprocess.run([sys.executable, "-m", "prompt_tuning.data.show", "super_glue_rte_v102"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 2
+  assert done.stderr == ""
+  assert done.stdout.splitlines()[-1].startswith(
+      f"error: The data of task 'super_glue_rte_v102' (TFDS 'super_glue/rte:1.0.2') is not "
+      f"prepared in {tmp_path} (TFDS_DATA_DIR); prepare it where the network is reachable")
