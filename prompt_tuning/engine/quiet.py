@@ -51,7 +51,7 @@ class RoutineMessageFilter(logging.Filter):
   """Drops the routine messages of `ROUTINE_MESSAGES`; keeps everything else."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    text = str(record.msg)
+    text = record.getMessage()
     return not any(pattern in text for pattern in ROUTINE_MESSAGES)
 
 
