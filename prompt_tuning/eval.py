@@ -12,7 +12,8 @@ Runs a task's SeqIO metrics (predictions and/or scores) for a trained run or a r
     --gin.TASK_MODULE="'prompt_tuning.smoke_data.tasks'" --gin.PROMPT_LENGTH=8
 
 Metrics go to `<output_dir>/metrics/infer_eval.jsonl` and TensorBoard summaries; every example's
-prediction (or score) goes to `<output_dir>/inference_eval/<task>-<step>.jsonl`.
+prediction (or score) goes to `<output_dir>/inference_eval/<task>-<split>-step_<N>.jsonl` (the
+name infer uses under `inference/`).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def evaluate(
   from prompt_tuning.engine import data, evaluation, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
+  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
   setup = trainer.load_for_inference(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
@@ -86,6 +88,12 @@ def evaluate(
     for name, value in sorted(flat.items()):
       print(f"{name} = {value:.4f} (step {step})")
   return flat
+
+
+def _check_data(dataset_cfg: Any) -> None:
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
+  availability.check_prepared(availability.require_task(
+      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before evaluating"))
 
 
 def main(argv: Sequence[str]) -> Dict[str, float]:

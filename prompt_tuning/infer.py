@@ -13,7 +13,12 @@ log-likelihood of the example's target (`mode='score'`):
     --gin.MIXTURE_OR_TASK_NAME="'smoke_last_digit'" \
     --gin.TASK_MODULE="'prompt_tuning.smoke_data.tasks'" --gin.PROMPT_LENGTH=8
 
-Output: `<output_dir>/inference/<task>-<split>-step_<N>.jsonl`.
+Output: `<output_dir>/inference/<task>-<split>-step_<N>.jsonl` (eval writes the same names
+under `inference_eval/`). Each line holds `index`, `inputs`, `targets` and, for `predict`, the
+best decode's `prediction`, `tokens` and `score` (the search's log-likelihood: summed token
+log-probabilities for greedy and sampling, length-penalised for beam search); with
+`num_decodes > 1` also `decodes`, every decode best first with its `prediction`, `tokens` and
+`score`. For `score`, `score` is the log-likelihood of the example's target.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ def infer(
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import data, evaluation, partitioning, trainer  # pylint: disable=g-import-not-at-top
 
+  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
   setup = trainer.load_for_inference(
       model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
       mesh_config=mesh_config or partitioning.MeshConfig(),
@@ -73,8 +79,8 @@ def infer(
     if dataset_cfg.split not in task.splits:
       continue
     records = _infer_task(task, dataset_cfg, runner, setup, mode=mode, num_examples=num_examples)
-    path = os.path.join(output_dir, "inference",
-                        f"{task.name}-{dataset_cfg.split}-step_{setup.step or 0}.jsonl")
+    path = os.path.join(output_dir, "inference", evaluation.inference_file_name(
+        task.name, dataset_cfg.split, setup.step or 0))
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path + ".tmp", "w") as f:
@@ -100,7 +106,8 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
   if num_examples is not None:
     raw = raw.take(num_examples)
   converted = data.feature_converter_for(runner.model)(raw, lengths)
-  texts = raw.map(lambda x: {"inputs": x.get("inputs_pretokenized", tf.constant(""))})
+  texts = raw.map(lambda x: {"inputs": x.get("inputs_pretokenized", tf.constant("")),
+                             "targets": x.get("targets_pretokenized", tf.constant(""))})
   vocabulary = task.output_features["targets"].vocabulary
   records: List[Dict[str, Any]] = []
   rng = jax.random.PRNGKey(0)
@@ -112,20 +119,39 @@ def _infer_task(task, dataset_cfg, runner, setup, *, mode: str,
   for examples, features in batches:
     batch = data.pad_rows({k: np.asarray(v) for k, v in features.items()}, size)
     real = len(next(iter(features.values())))
-    inputs = examples["inputs"]
     if mode == "score":
       outputs = runner.score(setup.placed.trainable, setup.placed.frozen, batch)[:real]
       rows = [{"score": float(s)} for s in outputs]
     else:
       rng, step_rng = jax.random.split(rng)
-      tokens = runner.predict(setup.placed.trainable, setup.placed.frozen, batch, step_rng)[:real]
-      rows = [{"prediction": vocabulary.decode([int(t) for t in row]),
-               "tokens": [int(t) for t in row if t]} for row in tokens]
-    for text, row in zip(inputs, rows):
-      records.append({"index": len(records), "inputs": _text(text), **row})
+      decodes, scores = runner.predict_with_scores(setup.placed.trainable, setup.placed.frozen,
+                                                   batch, step_rng)
+      rows = [_decodes_record(d, s, vocabulary) for d, s in zip(decodes[:real], scores[:real])]
+    for text, target, row in zip(examples["inputs"], examples["targets"], rows):
+      records.append({"index": len(records), "inputs": _text(text), "targets": _text(target),
+                      **row})
     bar.update(real)
   bar.close()
   return records
+
+
+def _decodes_record(decodes, scores, vocabulary) -> Dict[str, Any]:
+  """The best decode (`prediction`, `tokens`, `score`), and all of them when there are more."""
+  all_decodes = []
+  for row, score in zip(decodes, scores):
+    tokens = [int(t) for t in row]
+    all_decodes.append({"prediction": vocabulary.decode(tokens),
+                        "tokens": [t for t in tokens if t], "score": float(score)})
+  record = dict(all_decodes[0])
+  if len(all_decodes) > 1:
+    record["decodes"] = all_decodes
+  return record
+
+
+def _check_data(dataset_cfg: Any) -> None:
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
+  availability.check_prepared(availability.require_task(
+      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before inference"))
 
 
 def main(argv: Sequence[str]) -> List[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 CHANCE_ACCURACY = 10.0  # percent: ten possible digits
 TARGET_TASK = "smoke_last_digit"
+BASE_MODEL_GIN = "gin/models/byte_t5_tiny.gin"
 BASE_TASK = "smoke_skills"
 
 
@@ -44,6 +46,8 @@ class SmokeReport:
   base_checkpoint: str
   prompt_dir: str
   exports: List[str]
+  commands: List[str] = dataclasses.field(default_factory=list)
+  hf_base: Optional[str] = None
 
   def lines(self) -> List[str]:
     npy = [p for p in self.exports if p.endswith(".npy")]
@@ -61,7 +65,9 @@ class SmokeReport:
         f"  prompt run: {self.prompt_dir}",
         f"  prompt .npy: {npy[-1] if npy else 'none'}",
         f"  PEFT adapter: {peft[-1] if peft else 'none'}",
-    ]
+        f"  Hugging Face base (for the adapter): {self.hf_base or 'none'}",
+    ] + (["  the same runs from the command line (run from the repository root):"]
+         + [f"    {command}" for command in self.commands] if self.commands else [])
 
 
 def _gin_args(files: Sequence[str], bindings: Dict[str, str]) -> List[str]:
@@ -71,7 +77,7 @@ def _gin_args(files: Sequence[str], bindings: Dict[str, str]) -> List[str]:
 def base_args(*, model_dir: str, steps: int) -> List[str]:
   """Command-line arguments of stage 1 (also printable as a `prompt_tuning.train` command)."""
   return _gin_args(
-      ["gin/models/byte_t5_tiny.gin", "gin/runs/finetune.gin", "gin/runs/smoke.gin"],
+      [BASE_MODEL_GIN, "gin/runs/finetune.gin", "gin/runs/smoke.gin"],
       {"MODEL_DIR": repr(model_dir), "INITIAL_CHECKPOINT_PATH": "None",
        "MIXTURE_OR_TASK_NAME": repr(BASE_TASK), "TRAIN_STEPS": str(steps),
        "EVAL_PERIOD": str(steps), "CHECKPOINT_PERIOD": str(steps),
@@ -93,6 +99,30 @@ def prompt_args(*, model_dir: str, base_checkpoint: str, steps: int,
        "train.run_eval_before_training": "True"})
 
 
+def eval_args(*, prompt_dir: str, output_dir: str, prompt_length: int) -> List[str]:
+  """Command-line arguments that evaluate the prompt run's latest step (`prompt_tuning.eval`)."""
+  return _gin_args(
+      ["gin/models/byte_t5_tiny.gin", "gin/prompts/prompt.gin", "gin/runs/eval.gin",
+       "gin/runs/smoke.gin"],
+      {"CHECKPOINT_DIR": repr(prompt_dir), "EVAL_OUTPUT_DIR": repr(output_dir),
+       "MIXTURE_OR_TASK_NAME": repr(TARGET_TASK), "PROMPT_LENGTH": str(prompt_length)})
+
+
+def _shell_quote(arg: str) -> str:
+  """POSIX-shell quoting that keeps gin strings readable: `--gin.X="'value'"`."""
+  name, equals, value = arg.partition("=")
+  if shlex.quote(arg) == arg:
+    return arg
+  if equals and shlex.quote(name) == name and not any(c in value for c in '"$`\\!'):
+    return f'{name}="{value}"'
+  return shlex.quote(arg)
+
+
+def command_line(module: str, args: Sequence[str]) -> str:
+  """`python -m module args...`, quoted for a POSIX shell."""
+  return " ".join(["python", "-m", module] + [_shell_quote(a) for a in args])
+
+
 def _loss_range(history: List[Dict[str, float]]) -> tuple:
   losses = [h["loss"] for h in history if "loss" in h]
   return (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
@@ -110,17 +140,28 @@ def _accuracy(model_dir: str, task: str, step: int) -> float:
 def run(*, work_dir: Optional[str] = None, base_steps: int = 400, prompt_steps: int = 150,
         prompt_length: int = 8) -> SmokeReport:
   """Runs both stages in `work_dir` (a new temporary folder by default)."""
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import export_hf, train as train_lib
+  from prompt_tuning.engine import hf_export
+  # pylint: enable=g-import-not-at-top
 
   start = time.time()
   work_dir = work_dir or tempfile.mkdtemp(prefix="prompt_tuning_smoke_")
   if os.path.isdir(work_dir) and os.listdir(work_dir):
     raise ValueError(f"Smoke work dir {work_dir} is not empty; pass a new --work_dir.")
   base_dir, prompt_dir = os.path.join(work_dir, "base"), os.path.join(work_dir, "prompt")
-  base = train_lib.main(base_args(model_dir=base_dir, steps=base_steps))
+  base_cli = base_args(model_dir=base_dir, steps=base_steps)
+  base = train_lib.main(base_cli)
   base_checkpoint = os.path.join(base.checkpoint_dir, str(base.step), "params")
-  prompt = train_lib.main(prompt_args(model_dir=prompt_dir, base_checkpoint=base_checkpoint,
-                                      steps=prompt_steps, prompt_length=prompt_length))
+  # Exported before the prompt run, so its PEFT adapters name this folder as their base.
+  hf_base = hf_export.export_checkpoint(
+      config=export_hf.model_config([BASE_MODEL_GIN], []), checkpoint_path=base_checkpoint,
+      directory=hf_export.default_directory(base_checkpoint))
+  prompt_cli = prompt_args(model_dir=prompt_dir, base_checkpoint=base_checkpoint,
+                           steps=prompt_steps, prompt_length=prompt_length)
+  prompt = train_lib.main(prompt_cli)
+  eval_cli = eval_args(prompt_dir=prompt_dir, output_dir=os.path.join(work_dir, "eval"),
+                       prompt_length=prompt_length)
   return SmokeReport(
       base_loss=_loss_range(base.train_history),
       base_accuracy=_accuracy(base_dir, BASE_TASK, base.step),
@@ -128,14 +169,10 @@ def run(*, work_dir: Optional[str] = None, base_steps: int = 400, prompt_steps: 
       accuracy_before=_accuracy(prompt_dir, TARGET_TASK, 0),
       accuracy_after=_accuracy(prompt_dir, TARGET_TASK, prompt.step),
       seconds=time.time() - start, base_checkpoint=base_checkpoint, prompt_dir=prompt_dir,
-      exports=prompt.exports)
-
-
-def _quiet_libraries() -> None:
-  """Keeps TensorFlow's and absl's start-up chatter out of the smoke output."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import absl.logging  # pylint: disable=g-import-not-at-top
-  absl.logging.set_verbosity(absl.logging.ERROR)
+      exports=prompt.exports, hf_base=hf_base,
+      commands=[command_line("prompt_tuning.train", base_cli),
+                command_line("prompt_tuning.train", prompt_cli),
+                command_line("prompt_tuning.eval", eval_cli)])
 
 
 def shows_learning(report: SmokeReport) -> bool:
@@ -153,7 +190,8 @@ def main(argv: Sequence[str]) -> SmokeReport:
   parser.add_argument("--prompt_steps", type=int, default=150)
   parser.add_argument("--prompt_length", type=int, default=8)
   args = parser.parse_args(argv)
-  _quiet_libraries()
+  from prompt_tuning.engine import quiet  # pylint: disable=g-import-not-at-top
+  quiet.quiet_libraries()
   report = run(work_dir=args.work_dir, base_steps=args.base_steps,
                prompt_steps=args.prompt_steps, prompt_length=args.prompt_length)
   print("\n".join(report.lines()), flush=True)

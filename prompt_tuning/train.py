@@ -101,6 +101,9 @@ def train(
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import data, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
 
+  if total_steps <= 0:
+    raise ValueError(f"The total number of training steps (TRAIN_STEPS, train.total_steps) is "
+                     f"{total_steps}; it must be positive.")
   data.get_mixture_or_task(train_dataset_cfg)  # an unknown task fails before any model work
   if check_settings_fn is not None:
     check_settings_fn(model_dir)

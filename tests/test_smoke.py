@@ -4,10 +4,12 @@ Runs the job once (a shorter prompt stage than the default) and checks the numbe
 and the files it leaves.
 """
 import json
+import shlex
 
 import numpy as np
 import pytest
 
+from prompt_tuning import eval as eval_lib
 from prompt_tuning import smoke
 from prompt_tuning.engine import checkpoint_import, export, reporting
 
@@ -74,3 +76,33 @@ def test_a_used_work_dir_is_refused(job):
   _, work_dir = job
   with pytest.raises(ValueError, match="is not empty; pass a new --work_dir"):
     smoke.run(work_dir=str(work_dir))
+
+
+def test_report_prints_commands_that_reproduce_the_runs(job, tmp_path):
+  report, work_dir = job
+  lines = report.lines()
+  start = lines.index("  the same runs from the command line (run from the repository root):")
+  base, prompt, evaluate = [line.strip() for line in lines[start + 1:start + 4]]
+  assert shlex.split(base)[:3] == ["python", "-m", "prompt_tuning.train"]
+  assert shlex.split(base)[3:] == smoke.base_args(model_dir=str(work_dir / "base"), steps=400)
+  assert shlex.split(prompt)[3:] == smoke.prompt_args(
+      model_dir=str(work_dir / "prompt"), base_checkpoint=report.base_checkpoint, steps=100,
+      prompt_length=8)
+  # The eval command, run as printed (output elsewhere), measures the reported accuracy.
+  args = [a for a in shlex.split(evaluate)[3:] if not a.startswith("--gin.EVAL_OUTPUT_DIR=")]
+  metrics = eval_lib.main(args + [f"--gin.EVAL_OUTPUT_DIR={str(tmp_path)!r}"])
+  assert metrics["smoke_last_digit/accuracy"] == pytest.approx(report.accuracy_after)
+
+
+def test_the_adapter_loads_onto_the_exported_hugging_face_base(job):
+  transformers = pytest.importorskip("transformers", reason="needs the 'test' extra")
+  peft = pytest.importorskip("peft", reason="needs the 'test' extra")
+  report, work_dir = job
+  assert report.hf_base == str(work_dir / "base" / "hf_export" / "checkpoint_400")
+  adapter = work_dir / "prompt" / "peft_adapters" / "checkpoint_100"
+  with open(adapter / "adapter_config.json") as f:
+    assert json.load(f)["base_model_name_or_path"] == report.hf_base
+  base = transformers.T5ForConditionalGeneration.from_pretrained(report.hf_base)
+  model = peft.PeftModel.from_pretrained(base, str(adapter))
+  np.testing.assert_array_equal(model.prompt_encoder["default"].embedding.weight.detach().numpy(),
+                                export.load_peft_prompt(directory=str(adapter)))

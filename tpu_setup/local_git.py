@@ -50,9 +50,20 @@ def resolve_commit(explicit: str | None, git: LocalGit) -> tuple[str, bool]:
   return head, True
 
 
+# What a worker can fetch from: a network URL, or scp-style `user@host:path`.
+_NETWORK_URL = re.compile(r"(git\+)?(https?|ssh|git)://[^/]+/.+|[\w.-]+@[\w.-]+:(?!//).+")
+
+
 def resolve_repo_url(configured: str | None, git: LocalGit) -> str:
+  """The URL the workers install from; a local path or file:// URL is refused (they cannot
+  reach this machine's disk), in --dry-run too, since the printed commands would not work."""
   url = configured or git.origin_url()
   if not url:
     raise ValueError("no repository URL: the local checkout has no `origin` remote, so pass "
                      "--repo-url or set repo_url in the config file.")
+  if not _NETWORK_URL.fullmatch(url):
+    source = "--repo-url / repo_url" if configured else "the checkout's `origin` remote"
+    raise ValueError(f"repository {url!r} (from {source}) is not a network URL the TPU workers "
+                     "can install from; push the commit to a hosted repository and pass its "
+                     "URL with --repo-url (or set repo_url in the config file).")
   return url

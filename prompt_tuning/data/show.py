@@ -3,24 +3,28 @@
   python -m prompt_tuning.data.show super_glue_rte_v102 --split validation --num_examples 3
   python -m prompt_tuning.data.show natural_questions_open_reader_v100 --inputs_length 512
   python -m prompt_tuning.data.show p3_super_glue_rte_GPT_3_style --p3_dir gs://.../P3/data
+  python -m prompt_tuning.data.show smoke_last_digit --module prompt_tuning.smoke_data.tasks
 
-Reading a TFDS task needs its data (prepared locally or on GCS, see TFDS_DATA_DIR).
+Reading a TFDS task needs its data (prepared locally or on GCS, see TFDS_DATA_DIR); when it is
+not prepared, `show` says so in one sentence instead of trying to download it.
 """
 import argparse
+import importlib
 import sys
 from typing import Any, List, Optional, TextIO
 
 import numpy as np
-import seqio
-import tensorflow as tf
+
+from prompt_tuning.engine import quiet
 
 
-def inspection_view(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def inspection_view(dataset):
   """The dataset without tf.data's graph optimisations and autotuning.
 
   Those pay off over long runs but dominate the cost of reading a handful of examples
   (iterator creation drops from about 0.5 s to 0.1 s per pipeline on a small CPU).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   options = tf.data.Options()
   options.experimental_optimization.apply_default_optimizations = False
   options.autotune.enabled = False
@@ -40,6 +44,8 @@ def _format_value(value: Any) -> str:
 def describe(name: str, *, split: Optional[str], num_examples: int,
              sequence_length: Optional[dict], out: TextIO) -> None:
   """Writes the provider's splits and `num_examples` processed examples of `split` to `out`."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
   provider = seqio.get_mixture_or_task(name)
   if isinstance(provider, seqio.Mixture):
     out.write(f"mixture {name}: {len(provider.tasks)} tasks\n")
@@ -54,6 +60,7 @@ def describe(name: str, *, split: Optional[str], num_examples: int,
     raise ValueError(f"{name} has no split {split!r}; it has {splits}.")
   if num_examples <= 0:
     return
+  availability.check_prepared(provider)
   dataset = provider.get_dataset(sequence_length=sequence_length, split=split, shuffle=False)
   for i, example in enumerate(inspection_view(dataset.take(num_examples)).as_numpy_iterator()):
     out.write(f"\nexample {i} ({split})\n")
@@ -69,9 +76,20 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
   parser.add_argument("--inputs_length", type=int, default=None)
   parser.add_argument("--targets_length", type=int, default=None)
   parser.add_argument("--p3_dir", default=None, help="register P3 tasks from this folder")
+  parser.add_argument("--module", action="append", default=[],
+                      help="a Python module to import first for its task registrations, e.g. "
+                           "prompt_tuning.smoke_data.tasks (repeatable)")
   args = parser.parse_args(argv)
 
+  quiet.quiet_libraries()
+  import seqio  # pylint: disable=g-import-not-at-top
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers everything)
+  for module in args.module:
+    try:
+      importlib.import_module(module)
+    except ImportError as error:
+      out.write(f"error: cannot import task module {module!r}: {error}.\n")
+      return 2
   if args.p3_dir:
     from tasks import p3  # pylint: disable=g-import-not-at-top
     p3.register(data_dir=args.p3_dir)
@@ -81,8 +99,12 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
   lengths = None
   if args.inputs_length or args.targets_length:
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
-  describe(args.name, split=args.split, num_examples=args.num_examples,
-           sequence_length=lengths, out=out)
+  try:
+    describe(args.name, split=args.split, num_examples=args.num_examples,
+             sequence_length=lengths, out=out)
+  except ValueError as error:  # an unknown split, data not prepared
+    out.write(f"error: {str(error).splitlines()[0]}\n")
+    return 2
   return 0
 
 

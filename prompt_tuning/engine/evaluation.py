@@ -15,6 +15,7 @@ Two kinds of evaluation run during training, as in T5X:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -74,7 +75,15 @@ class ModelRunner:
     self._score = jax.jit(score, in_shardings=(*params_in, batch), out_shardings=replicated)
     self._predict = jax.jit(predict, in_shardings=(*params_in, batch, replicated),
                             out_shardings=replicated)
+    def predict_with_scores(trainable, frozen, batch, rng):
+      return model.predict_batch_with_scores(merged(trainable, frozen), batch,
+                                             decoder_params=self.decoder_params, rng=rng,
+                                             max_decode_length=max_decode_length)
+
     self._loss = jax.jit(loss, in_shardings=(*params_in, batch), out_shardings=replicated)
+    self._predict_with_scores = jax.jit(
+        predict_with_scores, in_shardings=(*params_in, batch, replicated),
+        out_shardings=(replicated, replicated))
 
   def _global(self, batch: Batch) -> Any:
     """A batch every host holds in full -> one global array split over the data axes."""
@@ -94,6 +103,15 @@ class ModelRunner:
     rng = jax.device_put(rng, NamedSharding(self.mesh, PartitionSpec()))
     return np.asarray(self._call(self._predict, trainable, frozen, self._global(batch), rng))
 
+  def predict_with_scores(self, trainable, frozen, batch: Batch,
+                          rng: jax.Array) -> Tuple[np.ndarray, np.ndarray]:
+    """All `num_decodes` decodes `[B, N, max_decode_length]`, best first, and their `[B, N]`
+    scores (see `predict_batch_with_scores`)."""
+    rng = jax.device_put(rng, NamedSharding(self.mesh, PartitionSpec()))
+    decodes, scores = self._call(self._predict_with_scores, trainable, frozen,
+                                 self._global(batch), rng)
+    return np.asarray(decodes), np.asarray(scores)
+
   def loss_metrics(self, trainable, frozen, batch: Batch) -> Dict[str, float]:
     """The wrapper's loss metrics (loss, accuracy, ...) on one batch, without dropout."""
     metrics = self._call(self._loss, trainable, frozen, self._global(batch))
@@ -112,13 +130,34 @@ def max_decode_length_for(model: Any, task_feature_lengths: Mapping[str, int]) -
 INFERENCE_LOG_SUBDIR = "inference_eval"
 
 
+def inference_file_name(task: str, split: str, step: int) -> str:
+  """The per-example results file of a task's split at a step, for eval and infer alike."""
+  return f"{task}-{split}-step_{step}.jsonl"
+
+
+class _JSONLogger(seqio.JSONLogger):
+  """seqio's JSON logger; its per-example file is renamed to `inference_file_name`."""
+
+  def __init__(self, output_dir: str, *, split: str):
+    super().__init__(output_dir)
+    self._split = split
+
+  def __call__(self, task_name, step, *args, **kwargs):
+    super().__call__(task_name, step, *args, **kwargs)
+    step = -1 if step is None else step
+    written = os.path.join(self.output_dir, f"{task_name}-{step:06}.jsonl")  # seqio's name
+    if os.path.exists(written):
+      os.replace(written, os.path.join(self.output_dir,
+                                       inference_file_name(task_name, self._split, step)))
+
+
 def build_evaluator(config: data_lib.DatasetConfig, *, model: Any,
                     num_examples: Optional[int] = None,
                     log_dir: Optional[str] = None) -> Optional[seqio.Evaluator]:
   """A `seqio.Evaluator` for the config's task and split, or None if it has no metrics there.
 
   With `log_dir` (give it on the primary process only) the evaluator also writes, per task and
-  step, every example's inputs, target and prediction or score (`<task>-<step>.jsonl`) and the
+  step, every example's inputs, target and prediction or score (`inference_file_name`) and the
   metrics (`<task>-metrics.jsonl`), seqio's JSON format.
   """
   data_lib.get_mixture_or_task(config)
@@ -134,7 +173,8 @@ def build_evaluator(config: data_lib.DatasetConfig, *, model: Any,
       num_examples=num_examples,
       shuffle=False,
       async_compute_metrics=False,
-      logger_cls=(seqio.JSONLogger,) if log_dir is not None else (),
+      logger_cls=((functools.partial(_JSONLogger, split=config.split),)
+                  if log_dir is not None else ()),
       log_dir=log_dir,
   )
   return evaluator if evaluator.eval_tasks else None

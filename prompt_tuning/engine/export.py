@@ -16,14 +16,20 @@ PEFT adapter folder (checked against peft 0.21.2 by loading it with
 SEQ_2_SEQ_LM is 2, which makes it expect a `[2P, H]` table and prepend the second half to the
 *decoder* input as well. Our prompts go in front of the encoder input only, so we always write
 1; PEFT then prepends the `[P, H]` table to the encoder's input embeddings, as we do.
+
+The config says what is true of the run: `prompt_tuning_init` is the PEFT name of the prompt's
+initialiser (`peft_init_fields`), and `base_model_name_or_path` is the Hugging Face folder of
+the base when there is one (the base itself, or its export by `hf_export`), so
+`PeftModel.from_pretrained` on that folder reproduces the run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -33,6 +39,31 @@ TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM")
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PROMPT_KEY = "prompt_embeddings"
+PEFT_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
+# Our initialisers (by factory name) with a PEFT counterpart; the others (class labels, a file,
+# a checkpoint variable) have none and are recorded as RANDOM, which PEFT does not act on when
+# it loads an adapter for inference.
+_PEFT_INIT_OF = {"random_uniform": "RANDOM", "sampled_vocabulary": "SAMPLE_VOCAB",
+                 "from_string": "TEXT"}
+_LOG = logging.getLogger("prompt_tuning")
+
+
+def peft_init_fields(model: Any) -> Dict[str, Any]:
+  """`prompt_tuning_init` (and `prompt_tuning_init_text`) describing the model's prompt init.
+
+  Reads `model.module.input_hook.provider.initializer`, a closure made by one of
+  `prompts.initializers`' factories; the factory's name says which initialiser it is.
+  """
+  provider = getattr(getattr(getattr(model, "module", None), "input_hook", None),
+                     "provider", None)
+  initializer = getattr(provider, "initializer", None)
+  factory = getattr(initializer, "__qualname__", "").split(".<locals>")[0]
+  init = _PEFT_INIT_OF.get(factory, "RANDOM")
+  fields: Dict[str, Any] = {"prompt_tuning_init": init}
+  if init == "TEXT":
+    import inspect  # pylint: disable=g-import-not-at-top
+    fields["prompt_tuning_init_text"] = inspect.getclosurevars(initializer).nonlocals.get("text")
+  return fields
 
 
 def _as_prompt(prompt) -> np.ndarray:
@@ -80,6 +111,9 @@ def export_peft_prompt(
     num_layers: int,
     num_attention_heads: int,
     base_model_name_or_path: Optional[str] = None,
+    prompt_tuning_init: str = "RANDOM",
+    prompt_tuning_init_text: Optional[str] = None,
+    tokenizer_name_or_path: Optional[str] = None,
 ) -> None:
   """Writes `prompt` ([P, H]) as a PEFT prompt-tuning adapter folder.
 
@@ -89,10 +123,32 @@ def export_peft_prompt(
     task_type: 'SEQ_2_SEQ_LM' (T5-style) or 'CAUSAL_LM' (decoder-only).
     num_layers: the base model's number of (encoder) layers, recorded for PEFT.
     num_attention_heads: the base model's number of attention heads, recorded for PEFT.
-    base_model_name_or_path: Hugging Face name or local path of the frozen base model.
+    base_model_name_or_path: Hugging Face name or local path of the frozen base model; a
+      checkpoint with a Hugging Face export (`hf_export.hf_folder_for`) is replaced by it.
+    prompt_tuning_init: PEFT's name of the initialiser used ('RANDOM', 'SAMPLE_VOCAB',
+      'TEXT'); see `peft_init_fields`.
+    prompt_tuning_init_text: the text of a 'TEXT' initialisation.
+    tokenizer_name_or_path: the tokenizer of a 'TEXT' initialisation (PEFT requires one;
+      default: the base's Hugging Face folder).
   """
   if task_type not in TASK_TYPES:
     raise ValueError(f"Unknown PEFT task_type {task_type!r}; expected one of {list(TASK_TYPES)}.")
+  if prompt_tuning_init not in PEFT_INITS:
+    raise ValueError(f"Unknown PEFT prompt_tuning_init {prompt_tuning_init!r}; expected one of "
+                     f"{list(PEFT_INITS)}.")
+  from prompt_tuning.engine import hf_export  # pylint: disable=g-import-not-at-top
+  base_model_name_or_path = hf_export.hf_folder_for(base_model_name_or_path) or \
+      base_model_name_or_path
+  if prompt_tuning_init == "TEXT":
+    tokenizer_name_or_path = tokenizer_name_or_path or hf_export.hf_folder_for(
+        base_model_name_or_path)
+    if prompt_tuning_init_text is None or tokenizer_name_or_path is None:
+      # PEFT refuses a TEXT config without both; the adapter must stay loadable.
+      _LOG.warning("The PEFT adapter records prompt_tuning_init RANDOM: a TEXT initialisation "
+                   "needs its text and a Hugging Face tokenizer folder.")
+      prompt_tuning_init, prompt_tuning_init_text, tokenizer_name_or_path = "RANDOM", None, None
+  else:
+    prompt_tuning_init_text, tokenizer_name_or_path = None, None
   array = _as_prompt(prompt)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
@@ -107,9 +163,9 @@ def export_peft_prompt(
       "num_layers": int(num_layers),
       "base_model_name_or_path": base_model_name_or_path,
       "inference_mode": True,
-      "prompt_tuning_init": "RANDOM",
-      "prompt_tuning_init_text": None,
-      "tokenizer_name_or_path": None,
+      "prompt_tuning_init": prompt_tuning_init,
+      "prompt_tuning_init_text": prompt_tuning_init_text,
+      "tokenizer_name_or_path": tokenizer_name_or_path,
       "tokenizer_kwargs": None,
       "revision": None,
       "auto_mapping": None,

@@ -18,12 +18,19 @@ Flags, T5X style: `--gin_file=PATH` (repeatable), `--gin.NAME=VALUE` (repeatable
 `--gin_bindings=NAME=VALUE`), `--gin_search_paths=DIR[,DIR...]`. Gin files are looked up in the
 search paths, then the current directory, then the repository root (so `gin/models/...` works
 from anywhere inside a checkout or an installed tree that ships `gin/`).
+
+Mistakes are reported early: the gin files and bindings are read once before JAX and
+TensorFlow are imported (a missing file, a malformed binding or an unset required macro is
+reported within a second), and a macro that is bound but referenced by no configuration (often
+a misspelling, e.g. `--gin.TRAIN_STEP=5`) is reported with the closest known name: a warning,
+or an error with `--strict_gin`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import pathlib
@@ -118,6 +125,7 @@ class Flags:
   process_id: Optional[int] = None
   host_allocator: str = "reuse"
   host_cpu_devices: Optional[int] = None
+  strict_gin: bool = False
 
 
 def _rewrite_gin_flags(argv: Sequence[str]) -> List[str]:
@@ -158,13 +166,16 @@ def parse_flags(argv: Sequence[str], *, prog: str, description: str) -> Flags:
                       help="Split the CPU host into this many XLA devices; the mesh's data axis "
                            "then runs them concurrently (faster CPU steps, one copy of the "
                            "replicated parameters per device).")
+  parser.add_argument("--strict_gin", action="store_true",
+                      help="Stop (instead of warning) when a bound gin macro is referenced by "
+                           "no configuration, e.g. a misspelled --gin.TRAIN_STEP=5.")
   args = parser.parse_args(_rewrite_gin_flags(list(argv)))
   search = [p for group in args.gin_search_paths for p in group.split(",") if p]
   files = [f for group in args.gin_file for f in group.split(",") if f]
   return Flags(gin_files=files, gin_bindings=list(args.gin_bindings), gin_search_paths=search,
                coordinator_address=args.coordinator_address, num_processes=args.num_processes,
                process_id=args.process_id, host_allocator=args.host_allocator,
-               host_cpu_devices=args.host_cpu_devices)
+               host_cpu_devices=args.host_cpu_devices, strict_gin=args.strict_gin)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,21 +226,47 @@ def _quiet_gin_path_probes():
     root.removeFilter(probe_filter)
 
 
-def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
-              gin_search_paths: Sequence[str] = ()) -> None:
-  """Parses files, then bindings (later ones win), turning gin's errors into one sentence."""
-  paths = search_paths(gin_search_paths)
-  # gin resolves `include` lines against the working directory itself; it gets the user's paths
-  # and the roots that hold `gin/`.
-  user_paths = {os.path.abspath(p) for p in gin_search_paths}
+def _add_search_paths(paths: Sequence[str], user_paths: Sequence[str]) -> None:
+  """gin resolves `include` lines itself; it gets the user's paths and the roots with `gin/`."""
+  user = {os.path.abspath(p) for p in user_paths}
+  known = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
   for path in paths:
-    if path != os.getcwd() and (path in user_paths or os.path.isdir(os.path.join(path, "gin"))):
+    if path == os.getcwd() or path in known:
+      continue
+    if path in user or os.path.isdir(os.path.join(path, "gin")):
       gin.add_config_file_search_path(path)
+
+
+_LITERAL_STARTS = ("'", '"', "[", "{", "(", "@", "%")
+
+
+def _unquoted_string_message(binding: str) -> Optional[str]:
+  """For a value that is no literal and not quoted (the shell ate the quotes): how to quote it."""
+  name, _, value = binding.partition("=")
+  name, value = name.strip(), value.strip()
+  if not value or value.startswith(_LITERAL_STARTS):
+    return None
+  return (f"Gin binding {binding!r} has a value gin cannot parse; strings need inner quotes, "
+          f"e.g. --gin.{name}=\"'{value}'\".")
+
+
+def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
+              gin_search_paths: Sequence[str] = (), skip_unknown: bool = False,
+              strict: bool = False) -> List[str]:
+  """Parses files, then bindings (later ones win), turning gin's errors into one sentence.
+
+  `skip_unknown=True` ignores bindings of configurables not registered yet: the early check
+  the entry points run before the library (and JAX) is imported. Returns the warnings about
+  macros bound in `gin_bindings` that no configuration references (see
+  `unreferenced_macro_messages`); with `strict=True` the first is raised as a ConfigError.
+  """
+  paths = search_paths(gin_search_paths)
+  _add_search_paths(paths, gin_search_paths)
   for name in gin_files:
     resolved = resolve_gin_file(name, paths)
     try:
       with _quiet_gin_path_probes():
-        gin.parse_config_file(resolved)
+        gin.parse_config_file(resolved, skip_unknown=skip_unknown)
     except IOError as error:  # a missing `include`
       raise ConfigError(f"Gin file {name!r} could not be loaded: {_first_line(error)}.") from None
     except Exception as error:  # pylint: disable=broad-except  (gin raises many kinds)
@@ -238,10 +275,59 @@ def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
     if not re.match(r"^\s*[\w.%/@]+\s*=", binding):
       raise ConfigError(f"Gin binding {binding!r} is malformed; expected NAME=VALUE.")
     try:
-      gin.parse_config(binding)
+      gin.parse_config(binding, skip_unknown=skip_unknown)
     except Exception as error:  # pylint: disable=broad-except  (e.g. tokenize.TokenError)
-      raise ConfigError(f"Gin binding {binding!r} is invalid: {_first_line(error)}.") from None
+      unquoted = _unquoted_string_message(binding) if isinstance(error, SyntaxError) else None
+      raise ConfigError(unquoted or f"Gin binding {binding!r} is invalid: "
+                        f"{_first_line(error)}.") from None
   check_required_macros()
+  if skip_unknown:  # bindings were skipped, so references to macros may be missing
+    return []
+  messages = unreferenced_macro_messages(_bound_names(gin_bindings))
+  if strict and messages:
+    raise ConfigError(messages[0])
+  for message in messages:
+    logging.getLogger("prompt_tuning").warning("%s", message)
+  return messages
+
+
+def _macro_references(value: Any, found: set) -> None:
+  """Adds the names of the macros `value` refers to (`%NAME`, also inside containers)."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro" and value.scopes:
+      found.add("/".join(value.scopes))
+  elif isinstance(value, dict):
+    for item in value.values():
+      _macro_references(item, found)
+  elif isinstance(value, (list, tuple, set)):
+    for item in value:
+      _macro_references(item, found)
+
+
+def _bound_names(bindings: Sequence[str]) -> List[str]:
+  return [b.partition("=")[0].strip() for b in bindings]
+
+
+def unreferenced_macro_messages(names: Sequence[str]) -> List[str]:
+  """One sentence per macro of `names` that is bound but referenced by no binding.
+
+  Gin accepts a binding of any macro name, so a misspelled one is otherwise silently ignored
+  and the run uses the default of the macro it meant. Only the names the user binds are
+  checked: gin files offer macros (e.g. VOCABULARY) that a given combination may not use.
+  """
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  bound, referenced = set(), set()
+  for (scope, selector), params in config.items():
+    if selector == "gin.macro":
+      bound.add(scope)
+    for value in params.values():
+      _macro_references(value, referenced)
+  messages = []
+  for name in sorted((bound & set(names)) - referenced):
+    close = difflib.get_close_matches(name, sorted(referenced), n=1, cutoff=0.6)
+    suggestion = f"; did you mean {close[0]}?" if close else "."
+    messages.append(f"Gin macro {name} is bound but no configuration uses it{suggestion}")
+  return messages
 
 
 def _is_required(value: Any) -> bool:
@@ -328,13 +414,31 @@ def configurable_entry(fn: Callable, name: str) -> Callable:
     return gin.configurable(name, module=None)(fn)
 
 
+def check_gin_early(flags: Flags) -> None:
+  """Reads the gin files and bindings before the library (JAX, TensorFlow) is imported.
+
+  Configurables are not registered yet, so their bindings are skipped; what gin can check
+  without them (files, includes, syntax, unset `%gin.REQUIRED` macros) fails here in about a
+  second instead of after the imports. The configuration is cleared afterwards.
+  """
+  gin.clear_config()
+  try:
+    parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings,
+              gin_search_paths=flags.gin_search_paths, skip_unknown=True)
+  finally:
+    gin.clear_config()
+
+
 def run_entry_point(fn: Callable, name: str, argv: Sequence[str], *, prog: str,
                     description: str,
                     extra_overrides: Optional[Callable[[], dict]] = None) -> Any:
-  """Flags -> multi-process init -> gin -> `fn(**gin bindings, summarize_config_fn=...)`."""
+  """Flags -> early gin check -> multi-process init -> gin -> `fn(**bindings, ...)`."""
   flags = parse_flags(argv, prog=prog, description=description)
+  check_gin_early(flags)
   host_memory.configure(flags.host_allocator)  # before JAX starts its CPU client
   _configure_host_devices(flags.host_cpu_devices)
+  from prompt_tuning.engine import quiet  # pylint: disable=g-import-not-at-top
+  quiet.quiet_libraries()
   _initialize_distributed(flags)
   from prompt_tuning.engine import reporting  # pylint: disable=g-import-not-at-top
   reporting.configure_logging()
@@ -342,7 +446,7 @@ def run_entry_point(fn: Callable, name: str, argv: Sequence[str], *, prog: str,
   configured = configurable_entry(fn, name)
   gin.clear_config()  # an earlier entry point in this process must not leak its bindings
   parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings,
-            gin_search_paths=flags.gin_search_paths)
+            gin_search_paths=flags.gin_search_paths, strict=flags.strict_gin)
   overrides = {"summarize_config_fn": write_operative_config}
   if extra_overrides is not None:
     overrides.update(extra_overrides())
@@ -373,12 +477,24 @@ def _initialize_distributed(flags: Flags) -> None:
       raise
 
 
+class _NeverRaised(Exception):
+  """Stands for trainer.NonFiniteLossError while the trainer is not imported."""
+
+
+def _non_finite_loss_error() -> type:
+  """The trainer's NaN-loss error when the trainer is loaded (the except clause asks late)."""
+  trainer = sys.modules.get("prompt_tuning.engine.trainer")
+  return getattr(trainer, "NonFiniteLossError", _NeverRaised)
+
+
 def console(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> None:
-  """Runs `main(argv)`; a configuration or data error prints one sentence and exits 1."""
-  from prompt_tuning.engine import trainer  # pylint: disable=g-import-not-at-top
+  """Runs `main(argv)`; a configuration or data error prints one sentence and exits 1.
+
+  The trainer (and JAX with it) is not imported here: a flag or gin error must not wait for it.
+  """
   try:
     main(argv)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteLossError) as error:
+  except (ValueError, FileNotFoundError, _non_finite_loss_error()) as error:
     # Gin appends "In call to configurable ..." lines to errors raised inside an entry point;
     # the first line is the sentence that names the problem.
     print(f"Error: {_first_line(error)}.", file=sys.stderr)

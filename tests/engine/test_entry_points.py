@@ -217,7 +217,7 @@ def test_eval_entry_point_reproduces_the_training_time_metric(killed_and_resumed
   assert records == [{"step": STEPS, SCORED: metrics[SCORED]}]
   assert "evaluate.checkpoint_dir = %CHECKPOINT_DIR" in (tmp_path / "config.gin").read_text()
   logged = reporting.read_jsonl(str(
-      tmp_path / "inference_eval" / f"smoke_last_digit_scored-{STEPS:06d}.jsonl"))
+      tmp_path / "inference_eval" / f"smoke_last_digit_scored-validation-step_{STEPS}.jsonl"))
   assert len(logged) == 64 and logged[0]["input"]["inputs_pretokenized"] == "2124840"
 
 

@@ -152,7 +152,8 @@ def test_task_through_the_engine_evaluator(mocked, engine, tmp_path, task_name, 
     assert len({tuple(s) for s in solo}) > 1  # decodes differ, so misalignment would show
 
   # The evaluator wrote one logged prediction or score per example.
-  with open(os.path.join(str(tmp_path), f"{task_name}-000003.jsonl")) as f:
+  with open(os.path.join(str(tmp_path),
+                         evaluation.inference_file_name(task_name, split, 3))) as f:
     logged = [json.loads(line) for line in f]
   assert len(logged) == len(examples)
 

@@ -38,3 +38,59 @@ def test_unknown_name_is_an_error():
   out = io.StringIO()
   assert show.main(["no_such_task"], out=out) == 2
   assert "'no_such_task' is not a registered task or mixture" in out.getvalue()
+
+
+def test_smoke_tasks_are_shown_with_module():
+  out = io.StringIO()
+  code = show.main(["smoke_last_digit", "--module", "prompt_tuning.smoke_data.tasks",
+                    "--num_examples", "1"], out=out)
+  text = out.getvalue()
+  assert code == 0
+  assert "task smoke_last_digit" in text and "example 0 (validation)" in text
+  assert "example 1" not in text
+
+
+def test_unimportable_module_is_one_sentence():
+  out = io.StringIO()
+  assert show.main(["smoke_last_digit", "--module", "no_such_module_xyz"], out=out) == 2
+  assert out.getvalue() == ("error: cannot import task module 'no_such_module_xyz': No module "
+                            "named 'no_such_module_xyz'.\n")
+
+
+def test_unprepared_tfds_data_is_one_sentence_not_a_download(tmp_path, monkeypatch):
+  """An empty TFDS_DATA_DIR: no download attempt (that would hang offline), one sentence."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # what TFDS_DATA_DIR sets
+  seqio.utils.LazyTfdsLoader._MEMOIZED_BUILDERS.clear()  # pylint: disable=protected-access
+  out = io.StringIO()
+  try:
+    code = show.main(["super_glue_rte_v102", "--num_examples", "1"], out=out)
+  finally:
+    seqio.utils.LazyTfdsLoader._MEMOIZED_BUILDERS.clear()  # pylint: disable=protected-access
+  lines = out.getvalue().splitlines()
+  assert code == 2
+  assert lines[-1] == (
+      f"error: The data of task 'super_glue_rte_v102' (TFDS 'super_glue/rte:1.0.2') is not "
+      f"prepared in {tmp_path} (TFDS_DATA_DIR); prepare it where the network is reachable with "
+      "tensorflow_datasets.builder('super_glue/rte:1.0.2', data_dir=...).download_and_prepare() "
+      "and point TFDS_DATA_DIR at that folder.")
+  assert "example 0" not in out.getvalue()
+
+
+def test_offline_command_with_an_empty_tfds_data_dir(tmp_path):
+  """The reported case, as a user runs it: no data in TFDS_DATA_DIR, exit 2, one sentence."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path), "PYTHONPATH": str(repo)}
+  done = subprocess.run([sys.executable, "-m", "prompt_tuning.data.show", "super_glue_rte_v102"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 2
+  assert done.stderr == ""
+  assert done.stdout.splitlines()[-1].startswith(
+      f"error: The data of task 'super_glue_rte_v102' (TFDS 'super_glue/rte:1.0.2') is not "
+      f"prepared in {tmp_path} (TFDS_DATA_DIR); prepare it where the network is reachable")

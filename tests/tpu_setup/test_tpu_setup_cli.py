@@ -343,3 +343,27 @@ def test_python_dash_m_entry_point_prints_the_plan(tmp_path):
   assert result.returncode == 0, result.stderr
   assert parse_printed_plan(result.stdout)[1] == [
       [*TPU_VM, "delete", "my-tpu", "--zone=us-central2-b", "--quiet"]]
+
+
+@pytest.mark.parametrize("dry", [True, False])
+@pytest.mark.parametrize("origin", ["/home/me/prompt_tuning", "../prompt_tuning",
+                                    "file:///home/me/prompt_tuning"])
+def test_provision_refuses_a_local_path_origin(origin, dry):
+  executor = RecordingExecutor()
+  code, out, err, _ = run_cli(["provision", *flags("v3-8"), "--commit", COMMIT,
+                               *(["--dry-run"] if dry else [])],
+                              executor=executor, git=FakeGit(origin=origin))
+  assert code == 2
+  assert err == (f"error: repository {origin!r} (from the checkout's `origin` remote) is not a "
+                 "network URL the TPU workers can install from; push the commit to a hosted "
+                 "repository and pass its URL with --repo-url (or set repo_url in the config "
+                 "file).\n")
+  assert out == "" and executor.calls == []
+
+
+def test_provision_refuses_a_local_path_repo_url_flag():
+  code, _, err, _ = run_cli(["provision", *flags("v3-8"), "--commit", COMMIT, "--dry-run",
+                             "--repo-url", "/srv/git/prompt_tuning.git"])
+  assert code == 2
+  assert err.startswith("error: repository '/srv/git/prompt_tuning.git' (from --repo-url / "
+                        "repo_url) is not a network URL")
