@@ -103,7 +103,7 @@ def register_configurables() -> None:
   _register(vocabularies.get_vocabulary, "vocabularies")
   # The entry points, so any run file parses whichever entry point reads it.
   # pylint: disable-next=g-import-not-at-top
-  from prompt_tuning import eval as eval_lib, infer as infer_lib, train as train_lib
+  from prompt_tuning.jobs import eval as eval_lib, infer as infer_lib, train as train_lib
   for fn, name in ((train_lib.train, "train"), (eval_lib.evaluate, "evaluate"),
                    (infer_lib.infer, "infer")):
     configurable_entry(fn, name)

@@ -125,7 +125,8 @@ def export_prompts(*, trainable: Any, step: int, model_dir: str, model: Any,
   if single is not None and single.ndim == 2 and info is not None:
     adapter = os.path.join(model_dir, PEFT_EXPORT_SUBDIR, f"checkpoint_{step}")
     export_lib.export_peft_prompt(prompt=single, directory=adapter,
-                                  base_model_name_or_path=base_path, **info)
+                                  base_model_name_or_path=base_path, **info,
+                                  **export_lib.peft_init_fields(model))
     written.append(adapter)
   return written
 
