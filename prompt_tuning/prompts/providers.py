@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
-from prompt_tuning.prompts import base
+from prompt_tuning.models import inputs as model_inputs
 from prompt_tuning.prompts import initializers
 
 PROMPT_IDS_KEY = "prompt_ids"
@@ -31,7 +31,7 @@ class PromptProvider(Protocol):
 
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
@@ -67,7 +67,7 @@ class Prompt(nn.Module):
   @nn.compact
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
@@ -111,7 +111,7 @@ class PromptTable(nn.Module):
   @nn.compact
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
