@@ -4,11 +4,13 @@ Every numeric test runs on both; the tests that count traced products pin down w
 hand-written backward pass saves, so they run on `custom_vjp` only.
 """
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning.engine import gin_utils
 from prompt_tuning.models import kernels
 from prompt_tuning.models import layers
 from prompt_tuning.models.config import ModelConfig
@@ -168,3 +170,48 @@ def test_stacked_matmul_with_one_output_unused_and_in_bfloat16(impl):
       _stacked(impl, jnp.bfloat16)(x, [w0, w1])[0].astype(jnp.float32)))(x)
   assert d_x16.dtype == jnp.float32  # the cast back to the input's dtype is differentiated too
   np.testing.assert_allclose(d_x16, jnp.broadcast_to(w0.sum(1), x.shape), rtol=2e-2, atol=5e-2)
+
+
+def _attention_jaxpr(config):
+  block = layers.MultiHeadAttention(config)
+  x, bias = jnp.ones((1, 3, config.emb_dim)), jnp.zeros((1, 1, 3, 3))
+  params = block.init(jax.random.PRNGKey(0), x, x, bias)
+  return str(jax.make_jaxpr(lambda p: block.apply(p, x, x, bias))(params))
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", "custom_vjp"), ("tpu", "xla"),
+                                               ("gpu", "xla")])
+def test_auto_picks_the_hand_written_kernels_on_cpu_only_when_a_layer_is_traced(
+    monkeypatch, backend, expected):
+  cfg = ModelConfig(vocab_size=16, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
+                    num_encoder_layers=1, num_decoder_layers=1)
+  assert cfg.attention_impl == cfg.mlp_impl == "auto"
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert kernels.resolve("auto") == expected
+  # The same config object traces to the backend's choice; explicit choices ignore the backend.
+  assert ("custom_vjp_call" in _attention_jaxpr(cfg)) == (expected == "custom_vjp")
+  assert "custom_vjp_call" not in _attention_jaxpr(cfg.replace(attention_impl="xla"))
+  assert "custom_vjp_call" in _attention_jaxpr(cfg.replace(attention_impl="custom_vjp"))
+
+
+@pytest.mark.parametrize("field", ["attention_impl", "mlp_impl"])
+def test_an_unknown_kernel_implementation_is_refused_naming_the_field(field):
+  with pytest.raises(ValueError, match=f"{field} must be one of .*'cuda'"):
+    ModelConfig(vocab_size=16, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12,
+                num_encoder_layers=1, num_decoder_layers=1, **{field: "cuda"})
+
+
+@pytest.mark.parametrize("model_file", ["t5_1_1_tiny.gin", "decoder_only_tiny.gin"])
+def test_model_gin_files_set_the_kernel_implementations(model_file):
+  gin_utils.register_configurables()
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(gin_files=[f"gin/models/{model_file}"], gin_bindings=[])
+    default = gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
+    gin_utils.parse_gin(gin_files=[], gin_bindings=["ATTENTION_IMPL = 'xla'",
+                                                    "MLP_IMPL = 'custom_vjp'"])
+    chosen = gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
+  finally:
+    gin.clear_config()
+  assert (default.attention_impl, default.mlp_impl) == ("auto", "auto")
+  assert (chosen.attention_impl, chosen.mlp_impl) == ("xla", "custom_vjp")
