@@ -68,7 +68,8 @@ class ModelConfig:
   def __post_init__(self):
     for act in self.mlp_activations:
       if act not in _ACTIVATIONS:
-        raise ValueError(f"mlp_activations has unknown activation {act!r}; expected one of {_ACTIVATIONS}.")
+        raise ValueError(f"mlp_activations has unknown activation {act!r}; "
+                         f"expected one of {_ACTIVATIONS}.")
     if self.position_embedding not in ("relative", "learned"):
       raise ValueError(
           f"position_embedding must be 'relative' or 'learned', got {self.position_embedding!r}.")
@@ -80,7 +81,8 @@ class ModelConfig:
             f"{name} must be one of {IMPLEMENTATIONS}, got {getattr(self, name)!r}.")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', got {getattr(self, name)!r}.")
+        raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', "
+                         f"got {getattr(self, name)!r}.")
 
   @property
   def compute_dtype(self):
