@@ -11,6 +11,8 @@ from typing import Tuple
 
 import jax.numpy as jnp
 
+from prompt_tuning.models.kernels import IMPLEMENTATIONS
+
 _ACTIVATIONS = ("relu", "gelu", "linear")
 
 
@@ -36,6 +38,10 @@ class ModelConfig:
     dtype: compute dtype of activations and matmuls ('float32' or 'bfloat16').
     param_dtype: storage dtype of parameters.
     remat_policy: 'none', 'full' (recompute each layer) or 'dots' (keep matmul outputs).
+    attention_impl / mlp_impl: how attention and the MLP input products are computed (same
+      values, different backward passes): 'xla' (plain code, differentiated by JAX),
+      'custom_vjp' (a hand-written backward pass tuned for XLA:CPU) or 'auto' (custom_vjp
+      when JAX's default backend is the CPU, xla otherwise). See `models/kernels.py`.
   """
 
   vocab_size: int
@@ -56,19 +62,27 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  attention_impl: str = "auto"
+  mlp_impl: str = "auto"
 
   def __post_init__(self):
     for act in self.mlp_activations:
       if act not in _ACTIVATIONS:
-        raise ValueError(f"mlp_activations has unknown activation {act!r}; expected one of {_ACTIVATIONS}.")
+        raise ValueError(f"mlp_activations has unknown activation {act!r}; "
+                         f"expected one of {_ACTIVATIONS}.")
     if self.position_embedding not in ("relative", "learned"):
       raise ValueError(
           f"position_embedding must be 'relative' or 'learned', got {self.position_embedding!r}.")
     if self.remat_policy not in ("none", "full", "dots"):
       raise ValueError(f"remat_policy must be 'none', 'full' or 'dots', got {self.remat_policy!r}.")
+    for name in ("attention_impl", "mlp_impl"):
+      if getattr(self, name) not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"{name} must be one of {IMPLEMENTATIONS}, got {getattr(self, name)!r}.")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', got {getattr(self, name)!r}.")
+        raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', "
+                         f"got {getattr(self, name)!r}.")
 
   @property
   def compute_dtype(self):

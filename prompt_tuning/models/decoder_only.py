@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from prompt_tuning.models.config import ModelConfig
 from prompt_tuning.models.layers import Embed
 from prompt_tuning.models.transformer import DecoderStack
-from prompt_tuning.prompts.base import EmbeddedInputs, embedded_from_tokens
+from prompt_tuning.models.inputs import EmbeddedInputs, embedded_from_tokens
 
 
 @flax.struct.dataclass

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from prompt_tuning.models.config import ModelConfig
 from prompt_tuning.models.layers import Embed
 from prompt_tuning.models.transformer import DecoderStack, EncoderStack
-from prompt_tuning.prompts.base import embedded_from_tokens
+from prompt_tuning.models.inputs import embedded_from_tokens
 
 
 class EncoderDecoder(nn.Module):

@@ -18,7 +18,7 @@ from prompt_tuning import axes
 from prompt_tuning.models.config import ModelConfig
 from prompt_tuning.models.layers import (Dense, Embed, MlpBlock, MultiHeadAttention,
                                          RelativePositionBias, RMSNorm, constrain, mask_to_bias)
-from prompt_tuning.prompts.base import EmbeddedInputs
+from prompt_tuning.models.inputs import EmbeddedInputs
 
 _REMAT_POLICIES = {
     "full": None,

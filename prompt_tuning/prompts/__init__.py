@@ -1,6 +1,6 @@
 """Soft prompts: initializers, providers, the insertion hook, ensembles and `.npy` export.
 
-  base          EmbeddedInputs and the input-hook contract models call.
+  base          EmbeddedInputs and the input-hook contract (defined in models/inputs.py).
   initializers  where a prompt starts: random, sampled vocabulary, class labels, text, files.
   providers     Prompt ([P, H]) and PromptTable ([K, P, H]): the prompt each example gets.
   combine       inserting a [B, P, H] prompt into a padded batch (placement, visibility).

@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.prompts import base
+from prompt_tuning.models import inputs as model_inputs
 
 PLACEMENTS = ("prefix", "after_bos", "suffix", "before_eos")
 
@@ -62,13 +62,13 @@ def _gather_slots(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def insert_prompt(
-    inputs: base.EmbeddedInputs,
+    inputs: model_inputs.EmbeddedInputs,
     prompt: jax.Array,
     *,
     placement: str = "prefix",
     prompt_attends_input: bool = True,
     causal_prompt: bool = False,
-) -> base.EmbeddedInputs:
+) -> model_inputs.EmbeddedInputs:
   """Returns `inputs` with `prompt` ([B, P, H], cast to the embeddings' dtype) inserted.
 
   See the module docstring for the layout, positions and visibility rules.
@@ -109,7 +109,7 @@ def insert_prompt(
   visibility = _visibility(
       inputs.visibility, is_prompt, prompt_row, source,
       prompt_attends_input=prompt_attends_input, causal_prompt=causal_prompt)
-  return base.EmbeddedInputs(
+  return model_inputs.EmbeddedInputs(
       embeddings=embeddings,
       mask=mask,
       positions=positions.astype(inputs.positions.dtype),

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 import flax.linen as nn
 
+from prompt_tuning.models import inputs as model_inputs
 from prompt_tuning.models.hook_inputs import HookInput
-from prompt_tuning.prompts import base
 from prompt_tuning.prompts import combine
 
 
@@ -47,11 +47,11 @@ class PromptHook(nn.Module):
 
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
-  ) -> base.EmbeddedInputs:
+  ) -> model_inputs.EmbeddedInputs:
     prompt = self.provider(inputs, hook_inputs=hook_inputs, enable_dropout=enable_dropout)
     return combine.insert_prompt(
         inputs,

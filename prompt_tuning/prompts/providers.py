@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
+from prompt_tuning.models import inputs as model_inputs
 from prompt_tuning.models.hook_inputs import HookInput
-from prompt_tuning.prompts import base
 from prompt_tuning.prompts import initializers
 
 PROMPT_IDS_KEY = "prompt_ids"
@@ -32,7 +32,7 @@ class PromptProvider(Protocol):
 
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
@@ -68,7 +68,7 @@ class Prompt(nn.Module):
   @nn.compact
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,
@@ -116,7 +116,7 @@ class PromptTable(nn.Module):
   @nn.compact
   def __call__(
       self,
-      inputs: base.EmbeddedInputs,
+      inputs: model_inputs.EmbeddedInputs,
       *,
       hook_inputs: Optional[Mapping[str, Any]] = None,
       enable_dropout: bool = False,

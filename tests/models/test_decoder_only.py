@@ -1,4 +1,7 @@
-"""Specification of the decoder-only LM: causal and prefix-LM attention, positions, cache."""
+"""Specification of the decoder-only LM: causal and prefix-LM attention, positions, cache.
+
+The behaviour tests run for both position schemes and both kernel implementations.
+"""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,16 +14,18 @@ TOKENS = jnp.array([[0, 5, 6, 7, 8, 0], [0, 9, 10, 0, 0, 0]])
 MASK = jnp.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
 
 
-def _init(position_embedding):
-  cfg = get_config("decoder_only_tiny", position_embedding=position_embedding, max_length=64)
+def _init(position_embedding, impl="custom_vjp"):
+  cfg = get_config("decoder_only_tiny", position_embedding=position_embedding, max_length=64,
+                   attention_impl=impl, mlp_impl=impl)
   module = DecoderOnly(cfg)
   params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), TOKENS)["params"])
   return module, params
 
 
-@pytest.fixture(params=["relative", "learned"])
+@pytest.fixture(params=[("relative", "custom_vjp"), ("learned", "custom_vjp"),
+                        ("relative", "xla"), ("learned", "xla")], ids="-".join)
 def model(request):
-  return _init(request.param)
+  return _init(*request.param)
 
 
 @pytest.mark.slow

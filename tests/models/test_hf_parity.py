@@ -7,6 +7,8 @@ embeddings, decoder output scaled by E**-0.5). Both use several heads and sequen
 `relative_attention_max_distance`, so every relative-position bucket (exact, log-spaced and
 clipped) is exercised.
 
+Both kernel implementations (`attention_impl` / `mlp_impl` 'custom_vjp' and 'xla') are checked.
+
 Batches are padded to different lengths (encoder padding id 0, attention mask = tokens > 0);
 logits are compared at every decoder position, padded or not, because both implementations give
 decoder positions full causal attention (no decoder padding mask) and mask padded encoder keys.
@@ -42,6 +44,7 @@ SHAPES = {
 }
 ENCODER_LENGTHS = (24, 13, 6)  # padded to 24 > max distance > buckets / 2
 DECODER_LENGTH = 18
+IMPLS = ("custom_vjp", "xla")
 
 
 def build_hf_model(shape, seed):
@@ -82,8 +85,14 @@ def pair(request, tmp_path_factory):
   return name, hf_model, model, params
 
 
-def test_teacher_forced_logits_match_transformers(pair):
+def _with_kernels(model, impl):
+  return EncoderDecoder(config=model.config.replace(attention_impl=impl, mlp_impl=impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_teacher_forced_logits_match_transformers(pair, impl):
   name, hf_model, model, params = pair
+  model = _with_kernels(model, impl)
   vocab = SHAPES[name]["vocab_size"]
   rng = np.random.default_rng(0)
   encoder_tokens = padded_batch(rng, vocab, ENCODER_LENGTHS, max(ENCODER_LENGTHS))
@@ -131,8 +140,10 @@ def our_greedy(model, params, encoder_tokens):
   return np.stack(tokens, axis=1), np.stack(logits, axis=1)
 
 
-def test_greedy_decoding_with_cache_matches_generate(pair):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_greedy_decoding_with_cache_matches_generate(pair, impl):
   name, hf_model, model, params = pair
+  model = _with_kernels(model, impl)
   rng = np.random.default_rng(1)
   encoder_tokens = padded_batch(rng, SHAPES[name]["vocab_size"], ENCODER_LENGTHS,
                                 max(ENCODER_LENGTHS))
