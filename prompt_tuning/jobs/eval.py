@@ -42,17 +42,15 @@ def evaluate(
     decoder_params: e.g. `{'method': 'beam', 'num_decodes': 4, 'alpha': 0.6}`.
     num_examples: evaluate only the first examples of each task.
   """
-  from prompt_tuning.engine import data, evaluation, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import evaluation, reporting  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.jobs import inference  # pylint: disable=g-import-not-at-top
 
-  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
-  setup = trainer.load_for_inference(
-      model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
-      mesh_config=mesh_config or partitioning.MeshConfig(),
-      restore=restore_cfg or trainer.RestoreConfig(), checkpoint_dir=checkpoint_dir,
-      step=checkpoint_step, patterns=trainable_patterns, groups=param_groups)
-  if summarize_config_fn is not None:
-    summarize_config_fn(output_dir)
+  setup, runner = inference.prepare(
+      model=model, dataset_cfg=dataset_cfg, output_dir=output_dir, purpose="before evaluating",
+      restore_cfg=restore_cfg, checkpoint_dir=checkpoint_dir, checkpoint_step=checkpoint_step,
+      mesh_config=mesh_config, trainable_patterns=trainable_patterns, param_groups=param_groups,
+      decoder_params=decoder_params, summarize_config_fn=summarize_config_fn)
   log_dir = (os.path.join(output_dir, evaluation.INFERENCE_LOG_SUBDIR)
              if jax.process_index() == 0 else None)
   evaluator = evaluation.build_evaluator(dataset_cfg, model=model, num_examples=num_examples,
@@ -60,12 +58,6 @@ def evaluate(
   if evaluator is None:
     raise ValueError(f"Task {dataset_cfg.mixture_or_task_name!r} has no metrics on split "
                      f"{dataset_cfg.split!r}.")
-  runner = evaluation.ModelRunner(
-      model=model, mesh=setup.mesh, rules=setup.rules,
-      trainable_shardings=setup.placed.trainable_shardings,
-      frozen_shardings=setup.placed.frozen_shardings,
-      max_decode_length=evaluation.max_decode_length_for(model, dataset_cfg.task_feature_lengths),
-      decoder_params=decoder_params)
   step = setup.step or 0
   metrics = evaluation.run_infer_eval(evaluator, runner, setup.placed.trainable,
                                       setup.placed.frozen, batch_size=dataset_cfg.batch_size,
@@ -77,9 +69,3 @@ def evaluate(
     for name, value in sorted(flat.items()):
       print(f"{name} = {value:.4f} (step {step})")
   return flat
-
-
-def _check_data(dataset_cfg: Any) -> None:
-  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
-  availability.check_prepared(availability.require_task(
-      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before evaluating"))

@@ -42,22 +42,14 @@ def infer(
     raise ValueError(f"infer mode must be one of {MODES}, got {mode!r}.")
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.engine import data, evaluation, partitioning, trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import data, evaluation  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.jobs import inference  # pylint: disable=g-import-not-at-top
 
-  _check_data(dataset_cfg)  # an unknown task or missing data fails before any checkpoint is read
-  setup = trainer.load_for_inference(
-      model=model, lengths=data.model_feature_lengths(model, dataset_cfg.task_feature_lengths),
-      mesh_config=mesh_config or partitioning.MeshConfig(),
-      restore=restore_cfg or trainer.RestoreConfig(), checkpoint_dir=checkpoint_dir,
-      step=checkpoint_step, patterns=trainable_patterns, groups=param_groups)
-  if summarize_config_fn is not None:
-    summarize_config_fn(output_dir)
-  runner = evaluation.ModelRunner(
-      model=model, mesh=setup.mesh, rules=setup.rules,
-      trainable_shardings=setup.placed.trainable_shardings,
-      frozen_shardings=setup.placed.frozen_shardings,
-      max_decode_length=evaluation.max_decode_length_for(model, dataset_cfg.task_feature_lengths),
-      decoder_params=decoder_params)
+  setup, runner = inference.prepare(
+      model=model, dataset_cfg=dataset_cfg, output_dir=output_dir, purpose="before inference",
+      restore_cfg=restore_cfg, checkpoint_dir=checkpoint_dir, checkpoint_step=checkpoint_step,
+      mesh_config=mesh_config, trainable_patterns=trainable_patterns, param_groups=param_groups,
+      decoder_params=decoder_params, summarize_config_fn=summarize_config_fn)
   written = []
   for task in seqio.get_subtasks(data.get_mixture_or_task(dataset_cfg)):
     if dataset_cfg.split not in task.splits:
@@ -130,9 +122,3 @@ def _decodes_record(decodes, scores, vocabulary) -> Dict[str, Any]:
   if len(all_decodes) > 1:
     record["decodes"] = all_decodes
   return record
-
-
-def _check_data(dataset_cfg: Any) -> None:
-  from prompt_tuning.data import availability  # pylint: disable=g-import-not-at-top
-  availability.check_prepared(availability.require_task(
-      dataset_cfg.mixture_or_task_name, module=dataset_cfg.module, purpose="before inference"))

@@ -499,7 +499,7 @@ norm/Stage.inputs = {'prompt': '{prompt.prompt}'}
 """
 
 
-def _kill_pipeline_during(stage_folder, step, args, env):
+def kill_pipeline_during(stage_folder, step, args, env):
   """Starts the pipeline command; SIGKILLs it (and its runs) once `step` of a stage is saved."""
   process = subprocess.Popen([sys.executable, "-m", "prompt_tuning.pipeline", *args], cwd=REPO,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -537,7 +537,7 @@ def test_a_pipeline_killed_in_its_second_stage_resumes_to_the_uninterrupted_resu
   killed = tmp_path / "killed"
   args = [f"--gin_file={gin_file}", f"--pipeline_dir={killed}"]
 
-  _kill_pipeline_during(killed / "prompt", 4, args, {**os.environ, **env})
+  kill_pipeline_during(killed / "prompt", 4, args, {**os.environ, **env})
   assert (killed / "base" / runner.RECORD_FILE).exists()
   assert not (killed / "prompt" / runner.RECORD_FILE).exists()
   saved = outputs.complete_steps(str(killed / "prompt"))

@@ -7,10 +7,6 @@ checkpoint (`{prompt.checkpoint}`) and the model from the same base
 again, the pipeline skips stage 1 and ends with exactly the parameters of an uninterrupted run.
 """
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,8 @@ import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
 from prompt_tuning.engine import checkpoint_import, checkpoints, params
-from prompt_tuning.pipelines import outputs, runner
+from prompt_tuning.pipelines import runner
+from tests.engine.test_pipeline import kill_pipeline_during
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +48,6 @@ model/Stage.bindings = {{
 """
 
 
-def _kill_during(stage_folder, step, args, env):
-  process = subprocess.Popen([sys.executable, "-m", "prompt_tuning.pipeline", *args], cwd=REPO,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             start_new_session=True)
-  marker = stage_folder / "checkpoints" / str(step) / outputs.COMMIT_MARKER
-  deadline = time.time() + 900
-  while time.time() < deadline and process.poll() is None and not marker.exists():
-    time.sleep(0.05)
-  if process.poll() is None:
-    os.killpg(process.pid, signal.SIGKILL)
-  process.wait(timeout=60)
-  stderr = process.stderr.read().decode()[-2000:]
-  assert process.returncode == -signal.SIGKILL, f"the pipeline was not killed mid-way: {stderr}"
-
-
 def _arrays(step_folder):
   reader = checkpoint_import.open_checkpoint(str(step_folder))
   return {name: np.asarray(reader.read(name)) for name in reader.entries()}
@@ -86,7 +68,7 @@ def runs(tmp_path_factory):
   try:
     killed = root / "killed"
     args = [f"--gin_file={gin_file}", f"--pipeline_dir={killed}"]
-    _kill_during(killed / "model", 4, args, env)
+    kill_pipeline_during(killed / "model", 4, args, env)
     assert (killed / "prompt" / runner.RECORD_FILE).exists()
     assert not (killed / "model" / runner.RECORD_FILE).exists()
     lines = []
