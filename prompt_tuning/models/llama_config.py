@@ -59,7 +59,8 @@ class LlamaConfig:
     qkv_bias: Qwen2's biases on the query, key and value projections.
     scale_embeddings: Gemma multiplies token embeddings by sqrt(E) (in the compute dtype).
     sandwich_norms: Gemma 2's extra norms after attention and around the MLP.
-    query_scale: attention logits are multiplied by this; None means 1/sqrt(D).
+    query_pre_attn_scalar: attention logits are multiplied by its inverse square root (Gemma 2);
+      None means D, the usual 1/sqrt(D).
     attn_logit_softcap / final_logit_softcap: `cap * tanh(x / cap)` on attention / output
       logits (Gemma 2); None disables.
     sliding_window: keys further than this many positions back are not attended, on the layers
@@ -87,7 +88,7 @@ class LlamaConfig:
   qkv_bias: bool = False
   scale_embeddings: bool = False
   sandwich_norms: bool = False
-  query_scale: Optional[float] = None
+  query_pre_attn_scalar: Optional[int] = None
   attn_logit_softcap: Optional[float] = None
   final_logit_softcap: Optional[float] = None
   sliding_window: Optional[int] = None
@@ -128,6 +129,10 @@ class LlamaConfig:
   @property
   def logits_via_embedding(self) -> bool:  # the name `ModelConfig` uses for the same switch
     return self.tie_word_embeddings
+
+  @property
+  def attention_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
   def is_sliding(self, layer: int) -> bool:
     if self.sliding_window is None:
@@ -184,9 +189,9 @@ _PRESETS = {
     "gemma_7b": _gemma(vocab_size=256000, emb_dim=3072, num_heads=16, num_kv_heads=16,
                        head_dim=256, mlp_dim=24576, num_decoder_layers=28),
     "gemma2_2b": _gemma2(26, vocab_size=256000, emb_dim=2304, num_heads=8, num_kv_heads=4,
-                         head_dim=256, mlp_dim=9216, query_scale=256 ** -0.5),
+                         head_dim=256, mlp_dim=9216, query_pre_attn_scalar=256),
     "gemma2_9b": _gemma2(42, vocab_size=256000, emb_dim=3584, num_heads=16, num_kv_heads=8,
-                         head_dim=256, mlp_dim=14336, query_scale=256 ** -0.5),
+                         head_dim=256, mlp_dim=14336, query_pre_attn_scalar=256),
     # Tiny variants (width 32, 2 layers, 2 kv heads for 4 query heads) for tests and smoke runs.
     "llama_tiny": LlamaConfig(vocab_size=512, emb_dim=32, num_heads=4, num_kv_heads=2,
                               head_dim=8, mlp_dim=64, num_decoder_layers=2),
@@ -199,7 +204,7 @@ _PRESETS = {
     "gemma_tiny": _gemma(vocab_size=512, emb_dim=32, num_heads=4, num_kv_heads=1, head_dim=8,
                          mlp_dim=64, num_decoder_layers=2),
     "gemma2_tiny": _gemma2(2, vocab_size=512, emb_dim=32, num_heads=4, num_kv_heads=2,
-                           head_dim=8, mlp_dim=64, query_scale=8 ** -0.5).replace(
+                           head_dim=8, mlp_dim=64, query_pre_attn_scalar=8).replace(
                                sliding_window=8),
 }
 

@@ -148,8 +148,8 @@ class Attention(nn.Module):
       key, value = self._append_to_cache(key, value, cache_index)
     names = (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV)
     query, key, value = (constrain(t, names) for t in (query, key, value))
-    scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
-    out = grouped_attention(query, key, value, bias, scale=scale, cap=cfg.attn_logit_softcap)
+    out = grouped_attention(query, key, value, bias, scale=cfg.attention_scale,
+                            cap=cfg.attn_logit_softcap)
     return Projection(cfg.emb_dim, (axes.JOINED_KV, axes.EMBED), cfg, name="o_proj")(out)
 
   def _append_to_cache(self, key, value, cache_index):

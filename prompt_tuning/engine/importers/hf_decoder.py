@@ -187,8 +187,8 @@ def config_from_hf_decoder(config_json_path: str, **overrides) -> LlamaConfig:
       rope_scaling=scaling, norm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
       norm_plus_one=gemma, qkv_bias=model_type == "qwen2", scale_embeddings=gemma,
       sandwich_norms=model_type == "gemma2",
-      query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5
-                   if model_type == "gemma2" else None),
+      query_pre_attn_scalar=(hf.get("query_pre_attn_scalar", 256)
+                             if model_type == "gemma2" else None),
       attn_logit_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
       final_logit_softcap=hf.get("final_logit_softcapping") if model_type == "gemma2" else None,
       sliding_window=window, sliding_layers=sliding_layers,
@@ -312,7 +312,7 @@ def config_to_hf(config: LlamaConfig) -> Mapping[str, object]:
               sliding_window=config.sliding_window, layer_types=layer_types)
   elif config.family == "gemma2":
     hf.update(sliding_window=config.sliding_window, layer_types=layer_types,
-              query_pre_attn_scalar=(config.query_scale or config.head_dim ** -0.5) ** -2,
+              query_pre_attn_scalar=config.query_pre_attn_scalar or config.head_dim,
               attn_logit_softcapping=config.attn_logit_softcap,
               final_logit_softcapping=config.final_logit_softcap)
   if config.family in ("llama", "mistral") and config.sliding_window is not None and (
