@@ -175,9 +175,10 @@ _PRESETS = {
                                 head_dim=128, mlp_dim=28672, num_decoder_layers=80,
                                 rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
                                 norm_epsilon=1e-5),
-    "mistral_7b": LlamaConfig(family="mistral", vocab_size=32000, emb_dim=4096, num_heads=32,
+    # Mistral 7B v0.3 (v0.1 had 32000 rows, RoPE base 1e4 and a 4096 sliding window).
+    "mistral_7b": LlamaConfig(family="mistral", vocab_size=32768, emb_dim=4096, num_heads=32,
                               num_kv_heads=8, head_dim=128, mlp_dim=14336,
-                              num_decoder_layers=32, norm_epsilon=1e-5),
+                              num_decoder_layers=32, rope_theta=1000000.0, norm_epsilon=1e-5),
     "qwen2_7b": LlamaConfig(family="qwen2", vocab_size=152064, emb_dim=3584, num_heads=28,
                             num_kv_heads=4, head_dim=128, mlp_dim=18944,
                             num_decoder_layers=28, qkv_bias=True, rope_theta=1000000.0),
