@@ -60,8 +60,8 @@ def test_remat_gives_the_same_logits_and_gradients():
 
   def loss(m, p):
     return jnp.sum(m.apply({"params": p}, TOKENS, decoder_mask=MASK).logits ** 2) * 1e-3
-  a, grad_a = jax.value_and_grad(lambda p: loss(module, p))(params)
-  b, grad_b = jax.value_and_grad(lambda p: loss(remat, p))(params)
+  a, grad_a = jax.jit(jax.value_and_grad(lambda p: loss(module, p)))(params)
+  b, grad_b = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
   np.testing.assert_allclose(a, b, rtol=1e-6)
   for x, y in zip(jax.tree_util.tree_leaves(grad_a), jax.tree_util.tree_leaves(grad_b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -113,20 +113,22 @@ def test_prompted_prefill_then_steps_equal_one_full_pass():
   params = nn.meta.unbox(params)
   prompt_mask = MASK.at[0, 7:].set(0)  # prompts of 7 and 6 tokens, right-padded to 10
   cache = init_decoder_only_cache(module, params, 2, 13 + 3)
-  out, variables = module.apply({"params": params, "cache": cache}, TOKENS * prompt_mask,
-                                decoder_mask=prompt_mask, decode=True, prefill=True,
-                                mutable=["cache"])
+  prefill = jax.jit(lambda c, t, m: module.apply(
+      {"params": params, "cache": c}, t, decoder_mask=m, decode=True, prefill=True,
+      mutable=["cache"]))
+  step_fn = jax.jit(lambda c, t: module.apply({"params": params, "cache": c}, t, decode=True,
+                                              mutable=["cache"]))
+  out, variables = prefill(cache, TOKENS * prompt_mask, prompt_mask)
   cache = variables["cache"]
   steps = []
   for t in range(3):
-    token = jnp.asarray([[11 + t], [21 + t]], jnp.int32)
-    step, variables = module.apply({"params": params, "cache": cache}, token, decode=True,
-                                   mutable=["cache"])
+    step, variables = step_fn(cache, jnp.asarray([[11 + t], [21 + t]], jnp.int32))
     cache = variables["cache"]
     steps.append(step.logits[:, 0])
+  full_pass = jax.jit(lambda t: module.apply({"params": params}, t).logits)
   for row, n in enumerate((7, 6)):
     full_tokens = jnp.concatenate([TOKENS[row, :n], jnp.asarray([11, 12, 13]) + 10 * row])
-    full = module.apply({"params": params}, full_tokens[None]).logits[0]
+    full = full_pass(full_tokens[None])[0]
     np.testing.assert_allclose(out.logits[row, 3 + n - 1], full[3 + n - 1], atol=1e-4)
     for t in range(3):
       np.testing.assert_allclose(steps[t][row], full[3 + n + t], atol=1e-4)
