@@ -188,3 +188,10 @@ def test_export_round_trips_through_transformers_and_our_importer(tmp_path, pres
 
   with pytest.raises(FileExistsError, match="already exists"):
     export_hf_decoder(params=params, config=config, directory=folder)
+
+
+def test_export_refuses_what_the_family_cannot_express(tmp_path):
+  config = get_llama_config("llama_tiny", qkv_bias=True)
+  with pytest.raises(ValueError, match=r"^A llama config.json cannot express qkv_bias=True\.$"):
+    export_hf_decoder(params={}, config=config, directory=str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()

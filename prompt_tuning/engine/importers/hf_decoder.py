@@ -275,7 +275,8 @@ class HFDecoderReader(hf_t5.HFT5Reader):
 
 def open_hf_reader(path: str):
   """The reader for a Hugging Face folder, chosen by its config's `model_type`."""
-  model_type = model_type_of(path) if os.path.isdir(path) else None
+  has_config = os.path.isfile(os.path.join(path, CONFIG_FILE))
+  model_type = model_type_of(path) if has_config else None
   if model_type in MODEL_TYPES:
     return HFDecoderReader(path)
   if model_type not in ENCODER_DECODER_TYPES and model_type is not None:
@@ -285,7 +286,20 @@ def open_hf_reader(path: str):
 
 
 def config_to_hf(config: LlamaConfig) -> Mapping[str, object]:
-  """The `config.json` contents transformers needs to rebuild `config` (see `export`)."""
+  """The `config.json` contents transformers needs to rebuild `config` (see `export`).
+
+  Raises a one-sentence error for a switch the family's config.json cannot express (e.g.
+  q/k/v biases outside Qwen2), which would otherwise load as a different model.
+  """
+  gemma = config.family in ("gemma", "gemma2")
+  implied = dict(qkv_bias=config.family == "qwen2", norm_plus_one=gemma, scale_embeddings=gemma,
+                 sandwich_norms=config.family == "gemma2")
+  if config.family != "gemma2":
+    implied.update(attn_logit_softcap=None, final_logit_softcap=None, query_pre_attn_scalar=None)
+  for field, value in implied.items():
+    if getattr(config, field) != value:
+      raise ValueError(f"A {config.family} config.json cannot express "
+                       f"{field}={getattr(config, field)!r}.")
   hf = dict(model_type=config.family, vocab_size=config.vocab_size, hidden_size=config.emb_dim,
             intermediate_size=config.mlp_dim, num_hidden_layers=config.num_decoder_layers,
             num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
