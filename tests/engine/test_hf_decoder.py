@@ -6,6 +6,9 @@ checked by loading the exported folder with `transformers` itself.
 """
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from prompt_tuning.engine.importers.hf_decoder_export import export_hf_decoder
 from prompt_tuning.models.llama import LlamaDecoder
 from prompt_tuning.models.llama_config import get_llama_config
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 HF_CONFIG = dict(model_type="qwen2", vocab_size=40, hidden_size=16, intermediate_size=24,
                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
                  rms_norm_eps=1e-6, tie_word_embeddings=False)
@@ -195,3 +199,47 @@ def test_export_refuses_what_the_family_cannot_express(tmp_path):
   with pytest.raises(ValueError, match=r"^A llama config.json cannot express qkv_bias=True\.$"):
     export_hf_decoder(params={}, config=config, directory=str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
+
+
+_SHARDED_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from prompt_tuning.engine import checkpoint_import as ci
+from prompt_tuning.engine.importers import base
+
+reads = []
+original_place = base.place
+def counting_place(read_slice, request):
+  def counted(index):
+    reads.append([s.stop - s.start for s in index])
+    return read_slice(index)
+  return original_place(counted, request)
+base.place = counting_place
+
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+abstract = {"layers_0": {"mlp": {"down_proj": {"kernel": jax.ShapeDtypeStruct((24, 16),
+                                                                                np.float32)}}}}
+sharding = NamedSharding(mesh, P("model", "data"))
+params = ci.import_checkpoint(sys.argv[1], abstract_params=abstract, shardings=sharding)
+array = params["layers_0"]["mlp"]["down_proj"]["kernel"]
+print("REPORT" + json.dumps({"shards": len(array.addressable_shards), "reads": sorted(reads),
+                             "sharding_equal": array.sharding == sharding,
+                             "values": np.asarray(array).tolist()}))
+"""
+
+
+def test_sharded_import_reads_only_each_devices_slice(tmp_path):
+  tensors = write_checkpoint(tmp_path / "hf", shards=2)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "hf")],
+                          capture_output=True, text=True, env=env, timeout=240, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.split("REPORT", 1)[1])
+  # Our [24, 16] kernel over (model=2, data=4): eight distinct [12, 4] reads, each a slice of
+  # the stored, transposed [16, 24] tensor; never the whole tensor.
+  assert report["shards"] == 8 and report["sharding_equal"]
+  assert report["reads"] == [[12, 4]] * 8
+  np.testing.assert_array_equal(np.asarray(report["values"], np.float32),
+                                tensors["model.layers.0.mlp.down_proj.weight"].T)
