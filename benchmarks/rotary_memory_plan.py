@@ -98,7 +98,8 @@ def main(argv=None) -> int:
                length=args.length, prompt_length=args.prompt_length, remat=args.remat)
   total = sizes["arguments"] + sizes["outputs"] + sizes["temporaries"] - sizes["aliased"]
   print(f"{args.preset}, {os.path.basename(args.partitioning)} on CPU devices, "
-        f"batch {args.batch} x {args.length} tokens + {args.prompt_length} prompt, remat {args.remat}")
+        f"batch {args.batch} x {args.length} tokens + {args.prompt_length} prompt, "
+        f"remat {args.remat}")
   print(f"{'per device':<14}{'GiB':>8}")
   for name, value in list(sizes.items()) + [("total", total)]:
     print(f"{name:<14}{value / 2 ** 30:>8.2f}")
