@@ -160,6 +160,7 @@ def test_t5_folders_still_open_with_the_t5_reader(tmp_path):
   assert list(reader.entries()) == ["token_embedder/embedding"]
 
 
+@pytest.mark.slow  # PyTorch round trip
 @pytest.mark.parametrize("preset, shard_bytes", [("llama_tiny", 1 << 30),
                                                  ("gemma2_tiny", 40_000)])
 def test_export_round_trips_through_transformers_and_our_importer(tmp_path, preset,
@@ -229,6 +230,7 @@ print("REPORT" + json.dumps({"shards": len(array.addressable_shards), "reads": s
 """
 
 
+@pytest.mark.slow  # a subprocess with 8 CPU devices
 def test_sharded_import_reads_only_each_devices_slice(tmp_path):
   tensors = write_checkpoint(tmp_path / "hf", shards=2)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

@@ -52,6 +52,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   assert error.max() < 0.05 * np.abs(np.asarray(full))[real].max()
 
 
+@pytest.mark.slow  # two gradient compilations
 def test_remat_gives_the_same_logits_and_gradients():
   config = get_llama_config("llama_tiny")
   module, params = init(config)
@@ -105,6 +106,7 @@ def test_padding_and_later_slots_do_not_change_earlier_logits():
   assert np.abs(np.asarray(out[0, 9] - again[0, 9])).max() > 1e-3
 
 
+@pytest.mark.slow  # prefill, step and two full-pass compilations
 def test_prompted_prefill_then_steps_equal_one_full_pass():
   """Decode protocol: a padded, prompted prefill followed by one-token steps continues every
   example at its own position and gives the logits of running the whole sequence at once."""

@@ -31,6 +31,8 @@ from prompt_tuning.engine.importers import hf_decoder
 from prompt_tuning.models.llama import LlamaDecoder
 from prompt_tuning.prompts import hooks, providers
 
+pytestmark = pytest.mark.slow  # PyTorch parity: builds and runs five transformers models
+
 EOS = 1
 NEW_TOKENS = 10
 TOLERANCE = 1e-4

@@ -90,6 +90,7 @@ def abstract_params(preset):
   return jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32))["params"]
 
 
+@pytest.mark.slow  # traces eleven 2B-72B models
 @pytest.mark.parametrize("preset", sorted(BILLIONS))
 def test_preset_has_the_published_parameter_count(preset):
   count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(
@@ -97,6 +98,7 @@ def test_preset_has_the_published_parameter_count(preset):
   assert abs(count / 1e9 - BILLIONS[preset]) < 0.01 * BILLIONS[preset]
 
 
+@pytest.mark.slow  # traces the 8B and 70B models
 @pytest.mark.parametrize("name", sorted(PARTITIONING))
 def test_big_model_preset_shards_parameters_over_both_axes(name):
   devices, hbm_gib, presets = PARTITIONING[name]

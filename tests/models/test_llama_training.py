@@ -17,6 +17,8 @@ from prompt_tuning import train as train_lib
 from prompt_tuning.engine import checkpoint_import
 from safetensors.numpy import load_file
 
+pytestmark = pytest.mark.slow  # a training run through the entry point
+
 
 def flat(tree, prefix=""):
   out = {}
