@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
-from prompt_tuning.models.layers import constrain, fan_in_init, matmul
+from prompt_tuning.models.layers import constrain, fan_in_init
 from prompt_tuning.models.llama_config import LlamaConfig
 from prompt_tuning.models.rope import apply_rope, inverse_frequencies
 
@@ -25,6 +25,13 @@ _ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
+
+
+def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+  """`x @ kernel` in `dtype` with float32 accumulation, rounded back to `dtype` (as the
+  reference models' bf16 linear layers round)."""
+  y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+  return y.astype(dtype)
 
 
 def softcap(x: jax.Array, cap: Optional[float]) -> jax.Array:
