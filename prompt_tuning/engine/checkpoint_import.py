@@ -12,7 +12,8 @@ Formats (`format='auto'` picks by what the folder holds):
   * 't5x':    `checkpoint_<step>/checkpoint` msgpack + zarr folders (`importers/t5x_legacy.py`).
   * 'orbax':  a T5X orbax step folder, one of this project's step folders (its 'params' and
               'frozen' items together) or any orbax PyTree folder (`importers/orbax_reader.py`).
-  * 'hf':     `config.json` + `model.safetensors[.index.json]` of T5/mT5 (`importers/hf_t5.py`).
+  * 'hf':     `config.json` + `model.safetensors[.index.json]` of T5/mT5 (`importers/hf_t5.py`)
+              or of Llama/Mistral/Qwen2/Gemma/Gemma 2 (`importers/hf_decoder.py`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from prompt_tuning.engine import trees
 from prompt_tuning.engine.importers import base
+from prompt_tuning.engine.importers import hf_decoder
 from prompt_tuning.engine.importers import hf_t5
 from prompt_tuning.engine.importers import orbax_reader
 from prompt_tuning.engine.importers import t5x_legacy
@@ -71,7 +73,7 @@ def open_checkpoint(path: str, *, format: str = "auto",  # pylint: disable=redef
   if format == "hf":
     if section not in (None, "target"):
       raise ValueError(f"Hugging Face checkpoint {path} holds parameters only, no {section!r}.")
-    return hf_t5.HFT5Reader(path)
+    return hf_decoder.open_hf_reader(path)
   if format == "orbax":
     return orbax_reader.open_step_folder(path, section=section)
   return t5x_legacy.T5XLegacyReader(path, section=section or "target")

@@ -3,7 +3,8 @@
 Library modules never import gin. The entry points call `register_configurables()` once,
 which makes the library's classes and factories configurable under short module names:
 
-  network.*        EncoderDecoder, DecoderOnly, get_config (model presets)
+  network.*        EncoderDecoder, DecoderOnly, get_config (model presets); LlamaDecoder,
+                   get_llama_config, config_from_hf_decoder (rotary decoder family)
   models.*         EncoderDecoderModel, DecoderOnlyModel, DecoderParams (loss / decode wrappers)
   prompts.*        PromptHook, Prompt, PromptTable
   prompt_init.*    random_uniform, sampled_vocabulary, class_labels, from_string, from_npy,
@@ -72,11 +73,13 @@ def register_configurables() -> None:
   import seqio
   from prompt_tuning.data import vocabularies
   from prompt_tuning.engine import data, models, optimizers, params, partitioning, trainer
-  from prompt_tuning.models import config, decoder_only, t5
+  from prompt_tuning.engine.importers import hf_decoder
+  from prompt_tuning.models import config, decoder_only, llama, llama_config, t5
   from prompt_tuning.prompts import hooks, initializers, providers
   # pylint: enable=g-import-not-at-top
 
-  for item in (t5.EncoderDecoder, decoder_only.DecoderOnly, config.get_config):
+  for item in (t5.EncoderDecoder, decoder_only.DecoderOnly, config.get_config, llama.LlamaDecoder,
+               llama_config.get_llama_config, hf_decoder.config_from_hf_decoder):
     _register(item, "network")
   for item in (models.EncoderDecoderModel, models.DecoderOnlyModel, models.DecoderParams,
                models.HookInput):

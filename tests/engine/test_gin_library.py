@@ -24,6 +24,10 @@ MODEL_FILES = {
     "decoder_only_tiny.gin": "decoder_only_tiny",
 }
 SHARED_MODEL_FILES = {"encoder_decoder.gin", "decoder_only.gin"}
+# The rotary decoder family's files, tested in tests/models/test_llama_presets.py.
+ROTARY_MODEL_FILES = {p.name for p in (REPO / "gin" / "models").glob("*.gin")
+                      if "include 'gin/models/rotary_decoder.gin'" in p.read_text()
+                      } | {"rotary_decoder.gin"}
 RUN_FILES = {"prompt_tuning.gin", "finetune.gin", "eval.gin", "infer.gin", "smoke.gin"}
 
 
@@ -42,7 +46,7 @@ def parse(files, bindings=()):
 def test_every_gin_file_is_covered_here():
   def names(folder):
     return {p.name for p in (REPO / "gin" / folder).glob("*.gin")}
-  assert names("models") == set(MODEL_FILES) | SHARED_MODEL_FILES
+  assert names("models") == set(MODEL_FILES) | SHARED_MODEL_FILES | ROTARY_MODEL_FILES
   assert names("runs") == RUN_FILES  # (gin/prompts/ has its own tests in tests/prompts/)
 
 

@@ -185,6 +185,10 @@ GIN_EXPECTATIONS = {
     "model_parallel_xl.gin": (16, (4, 4)),
     "model_parallel_xxl.gin": (64, (8, 8)),
     "cpu_8.gin": (8, (4, 2)),
+    "fsdp_tp_8b_v5e_16.gin": (16, (4, 4)),
+    "fsdp_tp_8b_v4_32.gin": (16, (4, 4)),
+    "fsdp_tp_70b_v5e_64.gin": (64, (8, 8)),
+    "fsdp_tp_70b_v4_128.gin": (64, (8, 8)),
 }
 
 
