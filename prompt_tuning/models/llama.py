@@ -28,7 +28,7 @@ from prompt_tuning.models.decoder_only import LMOutput, _realign_prefix
 from prompt_tuning.models.layers import Embed, constrain, mask_to_bias
 from prompt_tuning.models.llama_config import LlamaConfig
 from prompt_tuning.models.llama_layers import DecoderLayer, Projection, RMSNorm, softcap
-from prompt_tuning.prompts.base import EmbeddedInputs, embedded_from_tokens
+from prompt_tuning.models.inputs import EmbeddedInputs, embedded_from_tokens
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
 
