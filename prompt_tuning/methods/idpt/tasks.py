@@ -1,0 +1,87 @@
+"""Tiny generated tasks where the right answer depends on something only the generator sees.
+
+Each example is a short digit string; three skills read one digit of it (first / last /
+second, as in `prompt_tuning/smoke_data/tasks.py`). The frozen LM sees only the digits
+(`inputs = "58213"`), so it cannot know which digit is asked; the instruction word is in a
+separate field that only the prompt generator's encoder reads
+(`generator_tokens = "last: 58213"`, tokenized by seqio as an output feature, because a
+mixture keeps only its tasks' output features). Each example also carries `prompt_ids` (its skill's
+index) so a per-task prompt table can be trained on the same mixture as a reference.
+
+  idpt_digits_<skill>   one skill (train 4096 / validation 256 examples, fixed seeds)
+  idpt_digits           the three skills mixed at equal rates
+
+Text is encoded with `seqio.ByteVocabulary` for both the LM and the generator.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from prompt_tuning.data import metrics
+from prompt_tuning.data import registry
+from prompt_tuning.methods.idpt.generator import GENERATOR_TOKENS
+from prompt_tuning.smoke_data import tasks as smoke_tasks
+
+SKILLS = ("first", "last", "second")
+MIXTURE = "idpt_digits"
+SPLIT_SIZES = {"train": 4096, "validation": 256}
+_SEEDS = {"train": 11, "validation": 12}
+VOCABULARY = smoke_tasks.VOCABULARY
+
+
+def task_name(skill: str) -> str:
+  return f"{MIXTURE}_{skill}"
+
+
+def generate(skill: str, split: str) -> Dict[str, List]:
+  """One skill's examples: LM input (digits), generator text, target, skill index."""
+  if skill not in SKILLS:
+    raise ValueError(f"Unknown skill {skill!r}; expected one of {list(SKILLS)}.")
+  if split not in SPLIT_SIZES:
+    raise ValueError(f"Unknown split {split!r}; expected one of {sorted(SPLIT_SIZES)}.")
+  index = SKILLS.index(skill)
+  rng = np.random.default_rng(_SEEDS[split] * 10 + index)
+  out = {"inputs": [], GENERATOR_TOKENS: [], "targets": [], "prompt_ids": []}
+  for _ in range(SPLIT_SIZES[split]):
+    digits = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(3, 8))))
+    out["inputs"].append(digits)
+    out[GENERATOR_TOKENS].append(f"{skill}: {digits}")
+    out["targets"].append({"first": digits[0], "last": digits[-1], "second": digits[1]}[skill])
+    out["prompt_ids"].append(np.array([index], np.int32))
+  return out
+
+
+def _dataset_fn(skill: str):
+  def dataset_fn(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
+    del shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices(generate(skill, split))
+  return dataset_fn
+
+
+def register() -> None:
+  """Registers the three tasks and the mixture (idempotent)."""
+  # Hook inputs are output features too: a mixture keeps only its tasks' output features.
+  features = {
+      "inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+      "targets": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+      GENERATOR_TOKENS: seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+      "prompt_ids": seqio.Feature(vocabulary=seqio.PassThroughVocabulary(len(SKILLS)),
+                                  add_eos=False, dtype=tf.int32),
+  }
+  for skill in SKILLS:
+    registry.add_task(
+        task_name(skill),
+        source=seqio.FunctionDataSource(dataset_fn=_dataset_fn(skill),
+                                        splits=tuple(SPLIT_SIZES),
+                                        num_input_examples=dict(SPLIT_SIZES)),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features=features, postprocess_fn=smoke_tasks._strip,  # pylint: disable=protected-access
+        metric_fns=[metrics.accuracy])
+  registry.add_mixture(MIXTURE, [task_name(s) for s in SKILLS], default_rate=1.0)
+
+
+register()
