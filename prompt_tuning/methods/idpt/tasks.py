@@ -3,10 +3,11 @@
 Each example is a short digit string; three skills read one digit of it (first / last /
 second, as in `prompt_tuning/smoke_data/tasks.py`). The frozen LM sees only the digits
 (`inputs = "58213"`), so it cannot know which digit is asked; the instruction word is in a
-separate field that only the prompt generator's encoder reads
-(`generator_tokens = "last: 58213"`, tokenized by seqio as an output feature, because a
-mixture keeps only its tasks' output features). Each example also carries `prompt_ids` (its skill's
-index) so a per-task prompt table can be trained on the same mixture as a reference.
+separate field that only the prompt generator's encoder reads (`generator_tokens =
+"last: 58213"` or `"final: 58213"`: two templates per skill), tokenized by seqio as an output
+feature because a mixture keeps only its tasks' output features. Each example also carries
+`prompt_ids` (its skill's index) so a per-task prompt table can be trained on the same mixture
+as a reference.
 
   idpt_digits_<skill>   one skill (train 4096 / validation 256 examples, fixed seeds)
   idpt_digits           the three skills mixed at equal rates
@@ -27,6 +28,9 @@ from prompt_tuning.methods.idpt.generator import GENERATOR_TOKENS
 from prompt_tuning.smoke_data import tasks as smoke_tasks
 
 SKILLS = ("first", "last", "second")
+# Two instruction words per skill: the LM was pretrained with the first word only; the second
+# is new to the frozen encoder, so the generator must learn what it means.
+TEMPLATES = {"first": ("first", "1st"), "last": ("last", "final"), "second": ("second", "2nd")}
 MIXTURE = "idpt_digits"
 SPLIT_SIZES = {"train": 4096, "validation": 256}
 _SEEDS = {"train": 11, "validation": 12}
@@ -38,27 +42,35 @@ def task_name(skill: str) -> str:
 
 
 def generate(skill: str, split: str) -> Dict[str, List]:
-  """One skill's examples: LM input (digits), generator text, target, skill index."""
+  """One skill's examples: LM input (digits), generator text, target, skill index, template.
+
+  Each skill is asked with one of two instruction words (its templates, `TEMPLATES`), drawn per
+  example.
+  """
   if skill not in SKILLS:
     raise ValueError(f"Unknown skill {skill!r}; expected one of {list(SKILLS)}.")
   if split not in SPLIT_SIZES:
     raise ValueError(f"Unknown split {split!r}; expected one of {sorted(SPLIT_SIZES)}.")
   index = SKILLS.index(skill)
   rng = np.random.default_rng(_SEEDS[split] * 10 + index)
-  out = {"inputs": [], GENERATOR_TOKENS: [], "targets": [], "prompt_ids": []}
+  out = {"inputs": [], GENERATOR_TOKENS: [], "targets": [], "prompt_ids": [], "template": []}
   for _ in range(SPLIT_SIZES[split]):
     digits = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(3, 8))))
+    word = TEMPLATES[skill][int(rng.integers(len(TEMPLATES[skill])))]
     out["inputs"].append(digits)
-    out[GENERATOR_TOKENS].append(f"{skill}: {digits}")
+    out[GENERATOR_TOKENS].append(f"{word}: {digits}")
     out["targets"].append({"first": digits[0], "last": digits[-1], "second": digits[1]}[skill])
     out["prompt_ids"].append(np.array([index], np.int32))
+    out["template"].append(word)
   return out
 
 
 def _dataset_fn(skill: str):
   def dataset_fn(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
     del shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(generate(skill, split))
+    examples = generate(skill, split)
+    del examples["template"]  # kept for analysis, not a model feature
+    return tf.data.Dataset.from_tensor_slices(examples)
   return dataset_fn
 
 
