@@ -130,3 +130,49 @@ def prompt_distances(*, stage_dir: str, generator_npz: str, encoder_checkpoint: 
   with open(os.path.join(stage_dir, DISTANCES_FILE), "w") as f:
     json.dump(table, f, indent=1)
   return {"table": table}
+
+
+def _p3_groups(task_names: Sequence[str]) -> Dict[str, list]:
+  """Held-out P3 dataset -> its template tasks, from the task names (`[idpt_]p3_<folder>`)."""
+  from prompt_tuning.data import p3  # pylint: disable=g-import-not-at-top
+  groups: Dict[str, list] = {}
+  for task in task_names:
+    folder = re.sub(r"^(idpt_)?p3_", "", task)
+    key = p3.dataset_of(folder, p3.T0_EVAL)
+    if key is not None:
+      groups.setdefault(key, []).append(task)
+  return groups
+
+
+@pipeline_step("idpt_median_over_templates", outputs=("medians", "average"))
+def median_over_templates(*, stage_dir: str, metrics: str,
+                          groups: Optional[Mapping[str, Sequence[str]]] = None,
+                          metric: str = "accuracy") -> Dict[str, Any]:
+  """T0's report from an eval stage's metrics: per dataset the median over its templates, and
+  their average; printed and written to `<stage_dir>/median_over_templates.json`.
+
+  `metrics` is the eval stage's `metrics` output (`infer_eval.jsonl`, its last record is read);
+  `groups` maps dataset -> template task names (default: held-out P3 datasets by task name).
+  """
+  from prompt_tuning.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import reporting  # pylint: disable=g-import-not-at-top
+  path = os.path.join(metrics, "infer_eval.jsonl") if os.path.isdir(metrics) else metrics
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Evaluation metrics {path} do not exist.")
+  records = reporting.read_jsonl(path)
+  if not records:
+    raise ValueError(f"Evaluation metrics {path} hold no record.")
+  suffix = f"/{metric}"
+  results = {key[:-len(suffix)]: {metric: value} for key, value in records[-1].items()
+             if key.endswith(suffix)}
+  groups = dict(groups) if groups is not None else _p3_groups(sorted(results))
+  if not groups:
+    raise ValueError(f"No dataset groups for the tasks of {path}: {sorted(results)}.")
+  medians = metrics_lib.median_over_templates(results, groups, metric=metric)
+  average = float(np.mean(list(medians.values())))
+  for dataset, value in sorted(medians.items()):
+    print(f"  {dataset:<30} median {metric} over {len(groups[dataset])} templates: {value:.2f}")
+  print(f"  {'average':<30} {average:.2f}", flush=True)
+  with open(os.path.join(stage_dir, "median_over_templates.json"), "w") as f:
+    json.dump({"medians": medians, "average": average}, f, indent=1)
+  return {"medians": medians, "average": average}

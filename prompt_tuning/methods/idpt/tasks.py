@@ -91,7 +91,8 @@ def register() -> None:
                                         splits=tuple(SPLIT_SIZES),
                                         num_input_examples=dict(SPLIT_SIZES)),
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features=features, postprocess_fn=smoke_tasks._strip,  # pylint: disable=protected-access
+        output_features=features,
+        postprocess_fn=smoke_tasks._strip,  # pylint: disable=protected-access
         metric_fns=[metrics.accuracy])
   registry.add_mixture(MIXTURE, [task_name(s) for s in SKILLS], default_rate=1.0)
 
