@@ -35,6 +35,8 @@ BATCH_SIZE = 32
 BYTE_T5_TINY = dict(vocab_size=260, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
                     relative_attention_num_buckets=16, relative_attention_max_distance=32)
 METHODS = ("shared prompt", "ID-PT", "per-task prompts")
+# The task variant carrying the feature each hook reads (prompt_tuning/methods/idpt/tasks.py).
+VARIANT = {"shared prompt": "plain", "ID-PT": "generator", "per-task prompts": "ids"}
 LEARNING_RATES = {"shared prompt": 3e-2, "ID-PT": 3e-3, "per-task prompts": 3e-2}
 
 
@@ -91,7 +93,7 @@ def train_method(method: str, lm_checkpoint: str, work_dir: str, steps: int):
     param_groups = list(params.prompt_tuning_groups())
   result = train_lib.train(
       model=model,
-      train_dataset_cfg=data.DatasetConfig(mixture_or_task_name=tasks.MIXTURE,
+      train_dataset_cfg=data.DatasetConfig(mixture_or_task_name=tasks.mixture_name(VARIANT[method]),
                                            task_feature_lengths=LENGTHS, split="train",
                                            batch_size=BATCH_SIZE, shuffle=True, seed=7),
       model_dir=os.path.join(work_dir, method.replace(" ", "_")), total_steps=steps,

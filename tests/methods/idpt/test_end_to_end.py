@@ -26,8 +26,9 @@ def test_the_demo_prints_one_row_per_method_and_the_distance_table(tmp_path):
   lines = demo.run(work_dir=str(tmp_path / "demo"), lm_steps=3, steps=2)
   rows = [line.split() for line in lines]
   for method in demo.METHODS:
-    row = next(r for r, line in zip(rows, lines) if line.strip().startswith(method))
+    row = next(r for r, line in zip(rows, lines) if line.startswith(f"  {method} "))
     scores = [float(x) for x in row[len(method.split()):len(method.split()) + 4]]
     assert all(0 <= s <= 100 for s in scores)
+  assert lines[2].split() == ["method", "first", "last", "second", "mean", "lr"]
   assert any(line.strip().startswith("same template") for line in lines)
   assert any(line.strip().startswith("other dataset") for line in lines)

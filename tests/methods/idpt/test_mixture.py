@@ -41,3 +41,29 @@ def test_the_mixture_keeps_rates_and_the_generator_tokens():
 def test_an_unknown_mixture_is_one_sentence():
   with pytest.raises(ValueError, match="Unknown mixture 'no_such_mixture'"):
     mixture.register_idpt_mixture("no_such_mixture")
+
+
+def test_p3_t0plusplus_keeps_the_capped_rates_and_drops_long_examples(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import testing  # pylint: disable=g-import-not-at-top
+  from tasks import p3  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "data")
+  # Input lengths 2..6 tokens (EOS included); stated sizes make gigaword's rate capped.
+  rows = [{"inputs": list(range(100, 100 + n)) + [1], "inputs_pretokenized": f"in {n}",
+           "targets": [300, 1], "targets_pretokenized": "yes"} for n in range(1, 6)]
+  for folder, examples in (("gigaword_summarize", 3_803_957), ("gigaword_title", 3_803_957),
+                           ("glue_mrpc_equivalent", 3668)):
+    testing.write_p3_task(os.path.join(root, folder), {"train": rows},
+                          stated_examples={"train": examples})
+  p3.register(data_dir=root, name_prefix="p3idpt_")
+  name = mixture.register_idpt_mixture("p3idpt_t0plusplus_train", max_input_length=4,
+                                       max_target_length=256)
+  converted = seqio.get_mixture_or_task(name)
+  rates = {t.name: converted.get_rate(t) for t in converted.tasks}
+  assert rates == {"idpt_p3idpt_gigaword_summarize": 250000,
+                   "idpt_p3idpt_gigaword_title": 250000, "idpt_p3idpt_glue_mrpc_equivalent": 3668}
+  examples = list(seqio.get_mixture_or_task("idpt_p3idpt_glue_mrpc_equivalent").get_dataset(
+      None, split="train", shuffle=False).as_numpy_iterator())
+  assert [len(ex["inputs"]) for ex in examples] == [2, 3, 4]  # 5 and 6 tokens dropped
+  for ex in examples:
+    np.testing.assert_array_equal(ex["generator_tokens"], ex["inputs"])
