@@ -1,9 +1,9 @@
 """Makes ID-PT configurable from gin: a gin file's `import prompt_tuning.methods.idpt.configurables`
-registers the generator, its parameter groups and its tasks under the module name `idpt`.
+registers the generator and its parameter groups under the module name `idpt` (and the tiny
+tasks of tasks.py).
 
   idpt.PromptGenerator   the prompt provider (generator.py)
   idpt.idpt_groups       generator trained + exported, small encoder and LM frozen (groups.py)
-  idpt.capped_mixture    a mixture of capped, length-filtered tasks (mixture.py)
 
 Kept apart from the library modules, which never import gin (as `engine/gin_utils.py`).
 """

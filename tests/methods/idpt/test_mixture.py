@@ -67,3 +67,12 @@ def test_p3_t0plusplus_keeps_the_capped_rates_and_drops_long_examples(tmp_path):
   assert [len(ex["inputs"]) for ex in examples] == [2, 3, 4]  # 5 and 6 tokens dropped
   for ex in examples:
     np.testing.assert_array_equal(ex["generator_tokens"], ex["inputs"])
+
+
+def test_a_generator_vocabulary_re_encodes_the_input_text():
+  vocabulary = seqio.ByteVocabulary()
+  name = mixture.idpt_task(smoke_tasks.LAST_DIGIT_TASK, generator_vocabulary=vocabulary,
+                           max_input_length=None, max_target_length=None, prefix="idpt_bytes_")
+  example = _examples(name, limit=1)[0]
+  text = example["inputs_pretokenized"].decode()
+  assert list(example["generator_tokens"]) == list(vocabulary.encode(text)) + [1]
