@@ -90,8 +90,9 @@ class HookInputConverter(seqio.FeatureConverter):
   input travels flattened to its per-example element count (a scalar id as `[1]`, a `[T, H]`
   feature as `[T * H]`); the model wrapper restores the declared shape. Lengths of hook inputs
   come from the declarations (or, for `None` dimensions, from `task_feature_lengths`), so
-  callers pass only the task's own feature lengths, as for any converter. An example that
-  lacks a declared input is an error naming it.
+  callers pass only the task's own feature lengths, as for any converter; lengths of features
+  the model does not read are ignored. An example that lacks a declared input is an error
+  naming it.
   """
 
   def __init__(self, base_cls: type, hook_inputs: Sequence[Any], **kwargs):
@@ -105,7 +106,9 @@ class HookInputConverter(seqio.FeatureConverter):
     super().__init__(pack=False, passthrough_features=passthrough)
 
   def _lengths(self, task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
-    lengths = dict(task_feature_lengths)
+    # Lengths of features the model does not read (e.g. a task's extra output feature that
+    # another model's hook uses; seqio's Evaluator gives every output feature one) are dropped.
+    lengths = {k: v for k, v in task_feature_lengths.items() if k in self._base.TASK_FEATURES}
     for spec in self._hook_inputs:
       lengths[spec.name] = spec.flat_length(task_feature_lengths)
     return lengths

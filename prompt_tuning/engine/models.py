@@ -252,10 +252,7 @@ class BaseModel:
   def feature_converter(self):
     """The seqio converter (no packing) that also carries the hook inputs the task provides."""
     from prompt_tuning.engine import data  # pylint: disable=g-import-not-at-top
-    specs = self._data_hook_inputs()
-    if not specs:
-      return self._converter_class()(pack=False)
-    return data.HookInputConverter(self._converter_class(), specs)
+    return data.HookInputConverter(self._converter_class(), self._data_hook_inputs())
 
   def _data_hook_inputs(self) -> Tuple[HookInput, ...]:
     """Hook inputs the data must provide: the declared ones, unless only the default
