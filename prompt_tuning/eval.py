@@ -23,7 +23,8 @@ from typing import Dict, Optional, Sequence
 from prompt_tuning.jobs.eval import evaluate  # noqa: F401  (re-exported)
 
 def main(argv: Sequence[str]) -> Dict[str, float]:
-  from prompt_tuning.engine import gin_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import gin_utils, run_settings  # pylint: disable=g-import-not-at-top
+  argv = run_settings.with_run_shapes(argv)  # the run's prompt and model shapes, overridable
   return gin_utils.run_entry_point(evaluate, "evaluate", argv, prog="prompt_tuning.eval",
                                    description="Evaluate a trained run or a prompt.")
 

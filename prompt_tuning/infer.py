@@ -29,7 +29,8 @@ from prompt_tuning.jobs.infer import infer  # noqa: F401  (re-exported)
 from prompt_tuning.jobs.infer import MODES  # noqa: F401  (re-exported)
 
 def main(argv: Sequence[str]) -> List[str]:
-  from prompt_tuning.engine import gin_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import gin_utils, run_settings  # pylint: disable=g-import-not-at-top
+  argv = run_settings.with_run_shapes(argv)  # the run's prompt and model shapes, overridable
   return gin_utils.run_entry_point(infer, "infer", argv, prog="prompt_tuning.infer",
                                    description="Predict or score examples with a trained run.")
 

@@ -270,6 +270,8 @@ def restore_step(manager: checkpoints_lib.CheckpointManager, *, placed: Placed,
   frozen_target = None
   if flat(placed.frozen):
     frozen_target = checkpoints_lib.abstract_target(placed.frozen, placed.frozen_shardings)
+  if on_damage is None:
+    check_step_shapes(manager, placed=placed, step=step)
   if on_damage is not None:
     restored = manager.restore_resumable(state_target=state_target, frozen_target=frozen_target,
                                          on_damage=on_damage)
@@ -291,3 +293,26 @@ def restore_step(manager: checkpoints_lib.CheckpointManager, *, placed: Placed,
       placed, trainable=restored.params,
       frozen=restored.frozen if restored.frozen is not None else placed.frozen)
   return placed, restored.state, restored.step
+
+
+def check_step_shapes(manager: checkpoints_lib.CheckpointManager, *, placed: Placed,
+                      step: Optional[int]) -> None:
+  """Stops with one sentence when a step's trained parameters do not fit the model's shapes.
+
+  Orbax would otherwise fail deep inside the restore; the sentence names the parameter and,
+  for a prompt, the gin macro that sets its length.
+  """
+  step = manager.latest_step() if step is None else step
+  folder = os.path.join(str(manager.directory), str(step), "params")
+  if step is None or not os.path.isdir(folder):
+    return  # the restore itself reports a missing step
+  from prompt_tuning.engine.importers import orbax_reader  # pylint: disable=g-import-not-at-top
+  stored = orbax_reader.OrbaxReader(folder).entries()
+  for name, leaf in flat(placed.trainable).items():
+    if name in stored and tuple(stored[name].shape) != tuple(leaf.shape):
+      hint = ""
+      if params_lib.is_hook_path(name) and len(leaf.shape) >= 2:
+        hint = f"; set --gin.PROMPT_LENGTH={stored[name].shape[-2]} (the run's prompt length)"
+      raise ValueError(f"Parameter {name!r} has shape {tuple(stored[name].shape)} in step {step} "
+                       f"of {manager.directory} but the model builds {tuple(leaf.shape)}{hint}.")
+
