@@ -24,8 +24,10 @@ def reader_task(*, name: str = "reader_packed", files, vocabulary,
   """Registers the frozen reader's task (passages packed by score, best first, into the
   inputs length; NQ-open EM/F1 with SQuAD normalisation and recall-at-input) and returns its
   name. The same task as `tasks.natural_questions.register_reader`, plus the split option."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.data import metrics, postprocessors, preprocessors, reader, vocabularies  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import seqio
+  from prompt_tuning.data import metrics, postprocessors, preprocessors, reader, vocabularies
+  # pylint: enable=g-import-not-at-top
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   retrieval = reader.RetrievalFiles(files=dict(files))

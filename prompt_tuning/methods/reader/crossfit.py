@@ -89,8 +89,11 @@ def load_reranker(checkpoint: str, *, preset: str, passage_length: int,
                   **config_overrides) -> Tuple[reranker.RerankerModel, Any]:
   """A re-ranker and its parameters from a training run's step folder; `preset` (and any
   `ModelConfig` overrides) must be the shapes it was trained with."""
-  from prompt_tuning.engine import partitioning, run_setup, trainer  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.models import config as config_lib  # pylint: disable=g-import-not-at-top
+  # Imported here: the engine is only needed when a model is loaded.
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import partitioning, run_setup, trainer
+  from prompt_tuning.models import config as config_lib
+  # pylint: enable=g-import-not-at-top
   config = config_lib.get_config(preset, **config_overrides)
   model = reranker.RerankerModel(reranker.CrossEncoder(config),
                                  passage_length=passage_length)
