@@ -1,6 +1,7 @@
-"""Gin names of the reader method (`import prompt_tuning.methods.reader.configurables` in a
-gin file): `reader.CrossEncoder`, `reader.RerankerModel`, `reader.reranker_task`,
-`reader.reader_task`, `reader.linear_warmup_decay`. Library modules stay free of gin."""
+"""Gin names of the reader method, registered when a gin file says
+`import prompt_tuning.methods.reader.configurables`: `reader.CrossEncoder`,
+`reader.RerankerModel`, `reader.reranker_task`, `reader.group_lengths`, `reader.reader_task`,
+`reader.linear_warmup_decay`. The library modules themselves stay free of gin."""
 import functools
 
 import gin
@@ -17,6 +18,11 @@ def reranker_task(*, name: str = "reader_reranker", train_file: str, vocabulary,
   return data_lib.register_reranker_task(
       name, files={"train": train_file}, vocabulary=vocabulary, num_negatives=num_negatives,
       top_k=top_k, passage_length=passage_length)
+
+
+def group_lengths(*, num_negatives: int = 23, passage_length: int = 256):
+  """The re-ranker task's feature lengths: one group of `1 + num_negatives` pairs."""
+  return {reranker.TASK_FEATURE: (1 + num_negatives) * passage_length}
 
 
 def reader_task(*, name: str = "reader_packed", files, vocabulary,
@@ -50,6 +56,6 @@ def linear_warmup_decay(*, peak_value: float, warmup_steps: int, total_steps: in
 
 
 gin_utils.register_configurables()
-for _item in (reranker.CrossEncoder, reranker.RerankerModel, reranker_task, reader_task,
-              linear_warmup_decay):
+for _item in (reranker.CrossEncoder, reranker.RerankerModel, reranker_task, group_lengths,
+              reader_task, linear_warmup_decay):
   gin_utils._register(_item, "reader")  # pylint: disable=protected-access

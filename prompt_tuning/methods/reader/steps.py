@@ -1,9 +1,10 @@
 """The reader pipeline's Python steps: split, cross-fitted scoring, merge, recall-at-input.
 
-  reader_split   train file -> half_a, half_b (question-disjoint)
+  reader_split   train file -> half_a, half_b (question-disjoint), train (the file itself)
   reader_score   a re-ranker checkpoint scores one file it was not trained on -> scored
   reader_merge   re-scored halves -> one train file in the original question order
   reader_recall  recall-at-input of a file before and after re-ranking -> before, after
+  reader_synthetic  synthetic retrieval files (tiny pipeline, demo) -> train, dev, test
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from prompt_tuning.methods.reader import packing
 from prompt_tuning.pipelines.stages import pipeline_step
 
 
-@pipeline_step("reader_split", outputs=("half_a", "half_b"))
+@pipeline_step("reader_split", outputs=("train", "half_a", "half_b"))
 def reader_split(*, stage_dir: str, train_file: str, seed: int = 0):
+  """Question-disjoint halves of `train_file`; `train` is `train_file` itself (checked)."""
   half_a, half_b = crossfit.split_halves(data_lib.read_records(train_file), seed=seed)
-  paths = {"half_a": os.path.join(stage_dir, "train_a.json"),
+  paths = {"train": train_file, "half_a": os.path.join(stage_dir, "train_a.json"),
            "half_b": os.path.join(stage_dir, "train_b.json")}
   data_lib.write_records(paths["half_a"], half_a)
   data_lib.write_records(paths["half_b"], half_b)
@@ -74,3 +76,19 @@ def reader_recall(*, stage_dir: str, retrieved: str, reranked: str, inputs_lengt
   with open(os.path.join(stage_dir, "recall_at_input.json"), "w") as f:
     json.dump({"retriever": before, "reranker": after}, f, indent=1)
   return {"before": before["recall_at_input"], "after": after["recall_at_input"]}
+
+
+@pipeline_step("reader_synthetic", outputs=("train", "dev", "test"))
+def reader_synthetic(*, stage_dir: str, train: int = 128, dev: int = 32, test: int = 32,
+                     num_passages: int = 20, noise: float = 1.0, seed: int = 0):
+  """Synthetic retrieval files (see `synthetic.py`) with disjoint questions per split."""
+  from prompt_tuning.methods.reader import synthetic  # pylint: disable=g-import-not-at-top
+  records = synthetic.make_records(train + dev + test, num_passages=num_passages, noise=noise,
+                                   seed=seed)
+  splits = {"train": records[:train], "dev": records[train:train + dev],
+            "test": records[train + dev:]}
+  paths = {}
+  for name, part in splits.items():
+    paths[name] = os.path.join(stage_dir, f"{name}.json")
+    data_lib.write_records(paths[name], part)
+  return paths
