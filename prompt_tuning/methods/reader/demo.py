@@ -140,7 +140,7 @@ def main(argv=None):
   parser.add_argument("--workdir", default=None)
   args = parser.parse_args(argv)
   start = time.time()
-  reranker_steps, reader_steps = (20, 20) if args.quick else (300, 400)
+  reranker_steps, reader_steps = (20, 20) if args.quick else (300, 1500)
   workdir = args.workdir or tempfile.mkdtemp(prefix="reader_demo_")
   os.makedirs(workdir, exist_ok=True)
   vocabulary = vocabularies.get_vocabulary(testing.fixture_vocab_path())
