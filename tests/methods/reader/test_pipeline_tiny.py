@@ -56,3 +56,19 @@ def test_the_tiny_pipeline_dry_run_resolves_every_stage(capsys, tmp_path):
   assert out.count("to run") == 13
   assert "--gin.RERANKER_TRAIN_FILE=\"'<half_a of step reader_split>'\"" in out
   assert "input file = '<half_b of step reader_split>'" in out
+
+
+def test_the_xxl_pipeline_dry_run_uses_the_protocol_presets(capsys, tmp_path):
+  pipeline.main(["--gin_file=gin/methods/reader/reader_t5_1_1_xxl.gin",
+                 f"--pipeline_dir={tmp_path}", "--dry_run",
+                 "--gin.TRAIN_FILE='/d/train.json'", "--gin.DEV_FILE='/d/dev.json'",
+                 "--gin.TEST_FILE='/d/test.json'", "--gin.RERANKER_BASE=\"'/c/base'\"",
+                 "--gin.READER_BASE=\"'/c/xxl'\""])
+  out = capsys.readouterr().out
+  assert out.count("to run") == 12
+  for flag in ("--gin.NUM_NEGATIVES=23", "--gin.TOP_K=100", "--gin.TRAIN_STEPS=30000",
+               "--gin.BATCH_SIZE=16", "--gin.RERANKER_PRESET=\"'t5_1_1_base'\"",
+               "--gin_file=gin/models/t5_1_1_lm100k_xxl.gin", "--gin.BATCH_SIZE=32",
+               "--gin.READER_LR=0.1", "--gin_file=gin/partitioning/v4_32.gin"):
+    assert flag in out, flag
+  assert "input file = /d/dev.json" in out or "input file = '/d/dev.json'" in out
