@@ -37,8 +37,29 @@ def _contains_answer(text: str, answers: List[str]) -> bool:
   return any(f" {metrics.normalize_answer(a)} " in passage for a in answers if a.strip())
 
 
-def read_retrieval_file(path: str) -> List[Dict[str, Any]]:
-  """Parses one retrieval JSON file into flat examples (see `_SIGNATURE`)."""
+def _check_record(record: Any, index: int, path: str, require_passages: bool) -> None:
+  """One sentence naming the file and the question index for a malformed entry."""
+  where = f"Entry {index} of {path}"
+  if not isinstance(record, dict) or "question" not in record or "ctxs" not in record:
+    raise ValueError(f"{where} lacks 'question' or 'ctxs'.")
+  ctxs = record["ctxs"]
+  if not isinstance(ctxs, list):
+    raise ValueError(f"{where} has 'ctxs' of type {type(ctxs).__name__}, not a list.")
+  if require_passages and not ctxs:
+    raise ValueError(f"{where} has an empty 'ctxs' list (no retrieved passages).")
+  for rank, ctx in enumerate(ctxs):
+    text = ctx.get("text") if isinstance(ctx, dict) else None
+    if not isinstance(text, str) or not text.strip():
+      raise ValueError(f"{where} has a passage (ctxs[{rank}]) with no text.")
+
+
+def read_retrieval_file(path: str, *, require_passages: bool = False) -> List[Dict[str, Any]]:
+  """Parses one retrieval JSON file into flat examples (see `_SIGNATURE`).
+
+  Every entry needs a question and a `ctxs` list whose passages have text; with
+  `require_passages` an empty `ctxs` list is refused too (a re-ranker has nothing to rank).
+  A file without any question is refused.
+  """
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"Retrieval file {path} does not exist.")
   with tf.io.gfile.GFile(path) as f:
@@ -48,10 +69,11 @@ def read_retrieval_file(path: str) -> List[Dict[str, Any]]:
       raise ValueError(f"Retrieval file {path} is not valid JSON: {e}.") from e
   if not isinstance(records, list):
     raise ValueError(f"Retrieval file {path} must hold a JSON list of questions.")
+  if not records:
+    raise ValueError(f"Retrieval file {path} holds an empty list (no questions).")
   examples = []
   for i, record in enumerate(records):
-    if "question" not in record or "ctxs" not in record:
-      raise ValueError(f"Entry {i} of {path} lacks 'question' or 'ctxs'.")
+    _check_record(record, i, path, require_passages)
     answers = [str(a) for a in record.get("answers", [])]
     ctxs = record["ctxs"]
     examples.append({
@@ -78,8 +100,14 @@ def pack_passages(
     dataset: tf.data.Dataset,
     sequence_length: Mapping[str, int],
     output_features: Mapping[str, seqio.Feature],
+    split_last_passage: bool = False,
 ) -> tf.data.Dataset:
   """Packs `question: Q title: T context: X ...` greedily by score into the inputs budget.
+
+  Passages are never cut: one that does not fit is skipped. With `split_last_passage`
+  (bind it with `functools.partial`), the first passage that does not fit is cut to fill the
+  budget exactly and packing stops there; a cut passage does not count toward
+  `answer_in_input` (its answer may be in the part left out).
 
   Emits `inputs` as token ids of length <= sequence_length["inputs"] - 1 (room for EOS),
   `inputs_pretokenized`, `targets` (first answer), `answers`, `answer_in_input` and
@@ -101,14 +129,25 @@ def pack_passages(
     lengths = tf.cast(passage_ids.row_lengths(), tf.int32)
 
     def add_if_fits(state, length):
-      used, _ = state
-      fits = used + length <= budget
-      return tf.where(fits, used + length, used), fits
+      used, _, done = state
+      fits = tf.logical_and(tf.logical_not(done), used + length <= budget)
+      room = budget - used
+      cut = tf.logical_and(tf.logical_not(done),
+                           tf.logical_and(tf.logical_not(fits), room > 0))
+      cut = tf.logical_and(cut, tf.constant(split_last_passage))
+      taken = tf.where(fits, length, tf.where(cut, room, 0))
+      return used + taken, taken, tf.logical_or(done, cut)
 
-    _, kept = tf.scan(add_if_fits, lengths,
-                      initializer=(tf.size(prefix_ids), tf.constant(False)))
-    kept_ids = tf.ragged.boolean_mask(passage_ids, kept).flat_values
-    kept_text = tf.boolean_mask(passages, kept)
+    _, taken, _ = tf.scan(add_if_fits, lengths,
+                          initializer=(tf.size(prefix_ids), tf.constant(0), tf.constant(False)))
+    kept = taken > 0
+    whole = tf.logical_and(kept, tf.equal(taken, lengths))
+    token_mask = tf.ragged.range(lengths) < tf.expand_dims(taken, 1)
+    kept_ragged = tf.ragged.boolean_mask(passage_ids, token_mask)
+    kept_ids = kept_ragged.flat_values
+    # A cut passage is shown as the text of its kept tokens.
+    shown = tf.where(whole, passages, vocabulary.decode_tf(kept_ragged))
+    kept_text = tf.boolean_mask(shown, kept)
     first_answer = tf.concat([x["answers"], tf.constant([""])], axis=0)[0]
     return {
         "inputs": tf.concat([prefix_ids, tf.cast(kept_ids, prefix_ids.dtype)], axis=0),
@@ -116,7 +155,7 @@ def pack_passages(
             tf.concat([[prefix], kept_text], axis=0), separator=" "),
         "targets": first_answer,
         "answers": x["answers"],
-        "answer_in_input": tf.reduce_any(tf.logical_and(kept, has_answer)),
+        "answer_in_input": tf.reduce_any(tf.logical_and(whole, has_answer)),
         "num_passages": tf.reduce_sum(tf.cast(kept, tf.int32)),
     }
 

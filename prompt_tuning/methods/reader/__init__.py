@@ -1,0 +1,1 @@
+"""Frozen reader for open-domain QA: a passage re-ranker, cross-fitting, packed-context tuning."""
