@@ -184,12 +184,15 @@ class NonFiniteGuard:
 
   Checking costs one device-to-host transfer, so the loop checks only before it logs, saves
   or evaluates. Before a save it also checks the parameters themselves (an optimizer can turn
-  them NaN one step before the loss shows it), so a saved state never holds NaN.
+  them NaN one step before the loss shows it), so a saved state never holds NaN, and, with a
+  divergence limit, never holds values beyond it (a huge learning rate can give finite
+  parameters of 1e30 with a zero gradient, which no NaN check sees).
   """
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, divergence_limit: Optional[float] = None):
     self._first_bad = jnp.asarray(-1, jnp.int32)
     self._directory = directory
+    self._limit = divergence_limit
 
   def update(self, loss: jax.Array, step: int) -> None:
     bad = ~jnp.isfinite(loss)
@@ -211,6 +214,17 @@ class NonFiniteGuard:
                              jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), params), True)
     if not bool(finite):
       self._stop("trained parameters", step, last_saved)
+    if self._limit is not None:
+      largest = float(jax.tree.reduce(
+          jnp.maximum, jax.tree.map(lambda x: jnp.max(jnp.abs(x)).astype(jnp.float32), params),
+          jnp.float32(0)))
+      if largest > self._limit:
+        kept = (f"the last good checkpoint (step {last_saved}) in {self._directory} was kept"
+                if last_saved is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"Training stopped: the trained parameters diverged at step {step} (largest "
+            f"|value| {largest:.3g} exceeds the divergence limit {self._limit:g}; lower the "
+            f"learning rate or raise train.divergence_limit), and {kept}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +239,7 @@ class LoopConfig:
   log_period: int = 100
   eval_period: Optional[int] = None
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  divergence_limit: Optional[float] = None  # stop before saving parameters larger than this
 
 
 @dataclasses.dataclass
@@ -241,7 +256,7 @@ def train_loop(session: Session, *, step_fn: Callable, batches: Iterator[Dict[st
   """Runs steps from the state's step to `config.total_steps`."""
   state, frozen, mesh = session.state, session.placed.frozen, session.mesh
   step = int(state.step)
-  guard = NonFiniteGuard(str(session.checkpoints.directory))
+  guard = NonFiniteGuard(str(session.checkpoints.directory), config.divergence_limit)
   saved = session.checkpoints.latest_step()
   result = LoopResult(state=state, train_history=[], eval_history=[], exports=[])
 

@@ -53,6 +53,7 @@ def train(
     learning_rate_fn: Optional[Callable] = None,
     summarize_config_fn: Optional[Callable[[str], Any]] = None,
     check_settings_fn: Optional[Callable[[str], Any]] = None,
+    divergence_limit: Optional[float] = 1e5,
 ) -> TrainResult:
   """Trains the selected parameters of `model` for `total_steps` steps.
 
@@ -87,6 +88,8 @@ def train(
     summarize_config_fn: called with `model_dir` once the model is built (writes config.gin).
     check_settings_fn: called with `model_dir` before anything is loaded; the gin entry point
       uses it to stop a resumed run whose settings changed unsoundly (`resume_check`).
+    divergence_limit: stop, before saving, when a trained parameter's magnitude exceeds this
+      (None: no limit); prompts and T5 weights stay orders of magnitude below the default.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import data, partitioning, reporting, trainer  # pylint: disable=g-import-not-at-top
@@ -95,9 +98,11 @@ def train(
     raise ValueError(f"The total number of training steps (TRAIN_STEPS, train.total_steps) is "
                      f"{total_steps}; it must be positive.")
   data.get_mixture_or_task(train_dataset_cfg)  # an unknown task fails before any model work
+  _check_model_dir(model_dir)
   if check_settings_fn is not None:
     check_settings_fn(model_dir)
   mesh_config = mesh_config or partitioning.MeshConfig()
+  _check_batch_fits_mesh(train_dataset_cfg.batch_size, mesh_config.make_mesh())
   restore_cfg = restore_cfg or trainer.RestoreConfig()
   checkpoint_cfg = checkpoint_cfg or trainer.CheckpointConfig()
   lengths = data.model_feature_lengths(model, train_dataset_cfg.task_feature_lengths)
@@ -126,7 +131,8 @@ def train(
                                         batch_size=train_dataset_cfg.batch_size,
                                         start_step=start)
   loop = trainer.LoopConfig(total_steps=total_steps, log_period=log_period,
-                            eval_period=eval_period, checkpoint=checkpoint_cfg)
+                            eval_period=eval_period, checkpoint=checkpoint_cfg,
+                            divergence_limit=divergence_limit)
   try:
     result = trainer.train_loop(session, step_fn=step_fn, batches=batches, config=loop,
                                 reporter=reporter, evaluate=evaluate)
@@ -158,3 +164,32 @@ def _periodic_evaluation(session, writer, train_eval_cfg, infer_eval_cfg, eval_s
       train_eval_batches=eval_steps, infer_eval_examples=infer_eval_examples)
   frozen = session.placed.frozen
   return lambda state, step: periodic(state.params, frozen, step)
+
+
+def _check_model_dir(model_dir: str) -> None:
+  """MODEL_DIR must be a folder this process can write: checked before anything is loaded."""
+  import os  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(model_dir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"MODEL_DIR {model_dir} cannot be a folder: {existing} is a file.")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as error:
+    raise ValueError(f"MODEL_DIR {model_dir} is not writable ({error.strerror}).") from None
+
+
+def _check_batch_fits_mesh(batch_size: int, mesh: Any) -> None:
+  """The global batch must split evenly over the mesh's data-parallel devices."""
+  from prompt_tuning.engine import partitioning  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  devices = int(np.prod([mesh.shape[a] for a in partitioning.data_axes_of(mesh)] or [1]))
+  if batch_size % devices:
+    raise ValueError(f"BATCH_SIZE {batch_size} does not divide over the {devices} data-parallel "
+                     f"devices of the mesh; use a multiple of {devices} or another device count.")
+

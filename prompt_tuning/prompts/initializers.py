@@ -57,14 +57,17 @@ def _encode(vocabulary: Vocabulary, text: str) -> list:
   return [int(i) for i in encode(text)]
 
 
-def _check_prompt_shape(shape: Shape, table: np.ndarray, what: str) -> None:
+def _check_prompt_shape(shape: Shape, table: np.ndarray, what: str,
+                        embedding: ArrayOrLoader = None) -> None:
   if len(shape) != 2:
     raise ValueError(
         f"{what} initialises one [prompt_length, embed] prompt, got shape {tuple(shape)}; "
         "wrap it in per_prompt(...) for a prompt table.")
   if shape[1] != table.shape[1]:
-    raise ValueError(
-        f"{what}: the prompt width {shape[1]} differs from the embedding width {table.shape[1]}.")
+    source = getattr(embedding, "source", None)
+    where = f" of {source} (is it a checkpoint of this model?)" if source else ""
+    raise ValueError(f"{what}: the prompt width {shape[1]} differs from the embedding width "
+                     f"{table.shape[1]}{where}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ def sampled_vocabulary(
 
   def init(rng: jax.Array, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
     table = _embedding_table(embedding_table)
-    _check_prompt_shape(shape, table, "sampled_vocabulary")
+    _check_prompt_shape(shape, table, "sampled_vocabulary", embedding_table)
     if population_size > table.shape[0]:
       raise ValueError(
           f"sampled_vocabulary population_size {population_size} exceeds the embedding table's "
@@ -131,7 +134,7 @@ def class_labels(
 
   def init(rng: jax.Array, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
     table = _embedding_table(embedding_table)
-    _check_prompt_shape(shape, table, "class_labels")
+    _check_prompt_shape(shape, table, "class_labels", embedding_table)
     if len(labels) > shape[0]:
       raise ValueError(
           f"class_labels got {len(labels)} labels but the prompt has only {shape[0]} rows.")
@@ -162,7 +165,7 @@ def from_string(
   def init(rng: jax.Array, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
     del rng  # Deterministic.
     table = _embedding_table(embedding_table)
-    _check_prompt_shape(shape, table, "from_string")
+    _check_prompt_shape(shape, table, "from_string", embedding_table)
     ids = _encode(vocabulary, text)
     if not ids:
       raise ValueError(f"from_string: the text {text!r} encodes to no tokens.")
@@ -247,6 +250,7 @@ def checkpoint_array(checkpoint_path: Optional[str], param_path: str) -> Callabl
           "(set INITIAL_CHECKPOINT_PATH).")
     return read_array(checkpoint_path, param_path)
 
+  load.source = f"{param_path!r} in checkpoint {checkpoint_path}"
   return load
 
 
