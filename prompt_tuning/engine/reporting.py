@@ -297,9 +297,17 @@ def format_train_line(step: int, total: int, values: Mapping[str, float], eta: f
   return ", ".join(parts)
 
 
+AVERAGE_PREFIX = "average"
+
+
 def flatten_eval_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> Dict[str, float]:
-  """`{task: {metric: value}}` -> `{'task/metric': value}` for numeric values."""
-  flat = {}
+  """`{task: {metric: value}}` -> `{'task/metric': value}` for numeric values.
+
+  A metric that two or more tasks report (a mixture's held-out tasks) also gets its plain mean
+  over those tasks as `average/<metric>`, so a run can keep its best checkpoint by the average
+  dev score (`CheckpointConfig.best_metric = 'average/accuracy'`).
+  """
+  flat, by_name = {}, {}
   for task, values in (metrics or {}).items():
     for name, value in values.items():
       value = getattr(value, "value", value)  # seqio may wrap values in clu metric objects
@@ -307,6 +315,10 @@ def flatten_eval_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> Dict[str, 
         flat[f"{task}/{name}"] = _scalar(value)
       except (TypeError, ValueError):
         continue
+      by_name.setdefault(name, []).append(flat[f"{task}/{name}"])
+  for name, values in by_name.items():
+    if len(values) > 1 and AVERAGE_PREFIX not in metrics:
+      flat[f"{AVERAGE_PREFIX}/{name}"] = float(sum(values) / len(values))
   return flat
 
 

@@ -214,3 +214,11 @@ def test_log_lines_print_above_a_progress_bar(monkeypatch):
   before, after = drawn.split("eval at step 2\n")
   assert before.endswith("\r") and before.rstrip("\r").endswith(" ")
   assert after.startswith("\rpredict:  50%") and " 2/4 " in after
+
+
+def test_a_metric_of_several_tasks_also_gets_its_average():
+  flat = reporting.flatten_eval_metrics({"rte": {"accuracy": 60.0, "f1": 50.0},
+                                         "cb": {"accuracy": 80.0}, "copa": {"accuracy": 70.0}})
+  assert flat == {"rte/accuracy": 60.0, "rte/f1": 50.0, "cb/accuracy": 80.0,
+                  "copa/accuracy": 70.0, "average/accuracy": 70.0}
+  assert reporting.flatten_eval_metrics({"rte": {"accuracy": 60.0}}) == {"rte/accuracy": 60.0}
