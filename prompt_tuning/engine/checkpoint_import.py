@@ -22,11 +22,11 @@ import re
 from typing import Any, Dict, Mapping, Optional, Union
 
 import flax
-from flax import traverse_util
 from flax.core import meta
 import jax
 import numpy as np
 
+from prompt_tuning.engine import trees
 from prompt_tuning.engine.importers import base
 from prompt_tuning.engine.importers import hf_t5
 from prompt_tuning.engine.importers import orbax_reader
@@ -87,12 +87,8 @@ def unbox(tree: PyTree) -> PyTree:
   return flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
 
 
-def _flatten(tree: Mapping[str, Any]) -> Dict[str, Any]:
-  return traverse_util.flatten_dict(tree, sep="/")
-
-
-def _unflatten(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  return traverse_util.unflatten_dict(dict(flat), sep="/")
+_flatten = trees.flat
+_unflatten = trees.unflat
 
 
 def _default_sharding(leaf: Any) -> jax.sharding.Sharding:

@@ -24,30 +24,19 @@ import os
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import traverse_util
 
 from prompt_tuning.engine import checkpoint_import
 from prompt_tuning.engine import checkpoints as checkpoints_lib
 from prompt_tuning.engine import params as params_lib
 from prompt_tuning.engine import partitioning
+from prompt_tuning.engine.trees import flat, unflat
 from prompt_tuning.prompts import npy_io
 
 _LOG = logging.getLogger("prompt_tuning")
 CHECKPOINTS_SUBDIR = "checkpoints"
-
-
-def flat(tree: Any) -> Dict[str, Any]:
-  """'/'-joined paths -> leaves (the one flattening every engine module uses)."""
-  return traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-
-
-def unflat(flat_tree: Mapping[str, Any]) -> Dict[str, Any]:
-  """The inverse of `flat`."""
-  return traverse_util.unflatten_dict(dict(flat_tree), sep="/")
 
 
 # ------------------------------------------------------------------------------------------------

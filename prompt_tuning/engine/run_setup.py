@@ -27,11 +27,11 @@ from prompt_tuning.engine.param_loading import CHECKPOINTS_SUBDIR
 from prompt_tuning.engine.param_loading import Placed
 from prompt_tuning.engine.param_loading import RestoreConfig
 from prompt_tuning.engine.param_loading import base_checkpoint_record
-from prompt_tuning.engine.param_loading import flat
+from prompt_tuning.engine.trees import flat
 from prompt_tuning.engine.param_loading import place_params
 from prompt_tuning.engine.param_loading import restore_step
 from prompt_tuning.engine.param_loading import split_placed
-from prompt_tuning.engine.param_loading import unflat
+from prompt_tuning.engine.trees import unflat
 
 _LOG = logging.getLogger("prompt_tuning")
 

@@ -21,9 +21,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
 
 from prompt_tuning.engine import params as params_lib
+from prompt_tuning.engine import trees
 
 PROMPT_ONLY = (params_lib.HOOK_PATTERN,)  # the default selection: the input hook
 EVERYTHING = (r".*",)
@@ -36,8 +36,7 @@ LossFn = Callable[[Params, Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Ar
 # Selecting trainable parameters.
 
 
-def _flatten(params: Params) -> dict[str, Any]:
-  return traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+_flatten = trees.flat
 
 
 def trainable_paths(*, params: Params, patterns: Sequence[str] = PROMPT_ONLY) -> list[str]:
@@ -79,8 +78,8 @@ def split_params(*, params: Params, patterns: Sequence[str] = PROMPT_ONLY) -> tu
   trainable = {k: v for k, v in flat.items() if k in selected}
   frozen = {k: v for k, v in flat.items() if k not in selected}
   return (
-      traverse_util.unflatten_dict(trainable, sep="/"),
-      traverse_util.unflatten_dict(frozen, sep="/"),
+      trees.unflat(trainable),
+      trees.unflat(frozen),
   )
 
 
@@ -94,7 +93,7 @@ def merge_params(*, trainable: Params, frozen: Params) -> dict:
   both = flat_trainable.keys() & flat_frozen.keys()
   if both:
     raise ValueError(f"Parameter {sorted(both)[0]!r} is both trainable and frozen.")
-  return traverse_util.unflatten_dict({**flat_frozen, **flat_trainable}, sep="/")
+  return trees.unflat({**flat_frozen, **flat_trainable})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ from prompt_tuning.engine.param_loading import CHECKPOINTS_SUBDIR  # noqa: F401
 from prompt_tuning.engine.param_loading import Placed  # noqa: F401
 from prompt_tuning.engine.param_loading import RestoreConfig  # noqa: F401
 from prompt_tuning.engine.param_loading import base_checkpoint_record  # noqa: F401
-from prompt_tuning.engine.param_loading import flat
+from prompt_tuning.engine.trees import flat
 from prompt_tuning.engine.param_loading import import_base  # noqa: F401
 from prompt_tuning.engine.param_loading import split_placed  # noqa: F401
-from prompt_tuning.engine.param_loading import unflat
+from prompt_tuning.engine.trees import unflat
 from prompt_tuning.engine.run_setup import CheckpointConfig
 from prompt_tuning.engine.run_setup import InferenceSetup  # noqa: F401
 from prompt_tuning.engine.run_setup import Session

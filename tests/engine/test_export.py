@@ -56,9 +56,9 @@ def test_npy_errors(tmp_path):
     export.save_prompt_npy(prompt=np.zeros((2, 5, 16)), path=str(tmp_path / "p.npy"))
   with pytest.raises(ValueError, match="floating-point"):
     export.save_prompt_npy(prompt=np.zeros((5, 16), np.int32), path=str(tmp_path / "p.npy"))
-  with pytest.raises(FileNotFoundError, match="Folder .*missing.* does not exist"):
+  with pytest.raises(FileNotFoundError, match="[Ff]older .*missing.* does not exist"):
     export.save_prompt_npy(prompt=_prompt(), path=str(tmp_path / "missing" / "p.npy"))
-  with pytest.raises(FileNotFoundError, match="Prompt file .*nope.npy does not exist"):
+  with pytest.raises(FileNotFoundError, match="file .*nope.npy does not exist"):
     export.load_prompt_npy(path=str(tmp_path / "nope.npy"))
   assert list(tmp_path.iterdir()) == []
 
