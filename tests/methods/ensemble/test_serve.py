@@ -76,6 +76,7 @@ def _infer(tmp_path, tiny_base, prompt_path, mode):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_server_answers_equal_infer_for_the_same_prompt_and_input(server, tmp_path, tiny_base,
                                                                   prompt_files):
   predicted = _infer(tmp_path, tiny_base, prompt_files["a"], "predict")
