@@ -193,7 +193,7 @@ def evaluate(bank: bank_lib.PromptBank, names: Sequence[str], data: TaskData, *,
 def table_lines(report: Mapping[str, Any]) -> List[str]:
   """The report as a fixed-width table: one row per prompt, then mean, best and ensembles."""
   keys = list(report["mean"])
-  width = max([len(n) for n in report["prompts"]] + [14])
+  width = max([len(n) for n in report["prompts"]] + [len("ens:score_average")])
   lines = [f"{'prompt':<{width}}  " + "  ".join(f"{k:>12}" for k in keys)]
   rows = list(report["per_prompt"].items()) + [("mean", report["mean"]), ("best", report["best"])]
   rows += [(f"ens:{r}", report[r]) for r in ENSEMBLE_RULES if r in report]
