@@ -45,6 +45,13 @@ MAX_BODY_BYTES = 1 << 20
 REQUEST_TIMEOUT_S = 120.0
 
 
+class _HTTPServer(http.server.ThreadingHTTPServer):
+  # The default listen backlog (5) drops connections from more concurrent clients than that,
+  # which then wait a full second for the SYN retry; the request queue bounds load instead.
+  request_queue_size = 128
+  daemon_threads = True
+
+
 @dataclasses.dataclass
 class Server:
   """A running server: the HTTP front, the batcher, the engine (and so the bank)."""
@@ -149,8 +156,7 @@ def start(engine: engine_lib.Engine, *, host: str = "127.0.0.1", port: int = 0,
     from prompt_tuning.methods.ensemble import loading  # pylint: disable=g-import-not-at-top
     load_prompt = loading.load_prompt
   batcher = engine_lib.make_batcher(engine, max_wait_s=max_wait_s, max_queue=max_queue)
-  front = http.server.ThreadingHTTPServer((host, port), _handler(engine, batcher, load_prompt))
-  front.daemon_threads = True
+  front = _HTTPServer((host, port), _handler(engine, batcher, load_prompt))
   thread = threading.Thread(target=front.serve_forever, name="http", daemon=True)
   thread.start()
   if start_worker:
