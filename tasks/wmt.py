@@ -1,7 +1,7 @@
 """WMT translation: WMT14 En-Fr and WMT16 En-De, En-Ro, both directions, scored with BLEU.
 
   wmt14_enfr_v100, wmt14_fren_v100, wmt16_ende_v100, wmt16_deen_v100,
-  wmt16_enro_v100, wmt16_roen_v100     "Translate English to French: SENTENCE" -> translation
+  wmt16_enro_v100, wmt16_roen_v100     "translate English to French: SENTENCE" -> translation
   mt5_<the same>                       with the mT5 vocabulary (ProMoT fine-tunes mT5 on
                                        WMT14 En-Fr)
 """
@@ -16,7 +16,8 @@ from prompt_tuning.data import preprocessors
 from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 
-TEMPLATE = "Translate {source} to {target}: "
+# T5's prefix, lower-case as its pre-training mixture wrote it ("translate English to German: ").
+TEMPLATE = "translate {source} to {target}: "
 LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "ro": "Romanian"}
 
 

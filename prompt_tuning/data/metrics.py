@@ -45,9 +45,16 @@ def _binary_f1(targets: Sequence[int], predictions: Sequence[int], positive: int
 
 
 def f1_binary(targets: Sequence[int], predictions: Sequence[int]) -> Dict[str, float]:
-  """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+  """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP.
+
+  An invalid prediction (anything but 0 or 1, e.g. the -1 a label postprocessor returns for a
+  word that is no label) counts as the wrong class, `1 - target`, as T5's
+  `f1_score_with_invalid` counts it: a false negative on a positive example, a false positive
+  on a negative one.
+  """
   _check_lengths(targets, predictions)
-  return {"f1": _percent(_binary_f1(targets, predictions))}
+  fixed = [p if p in (0, 1) else 1 - int(t) for t, p in zip(targets, predictions)]
+  return {"f1": _percent(_binary_f1(targets, fixed))}
 
 
 def macro_f1(num_classes: int):
@@ -63,14 +70,23 @@ def macro_f1(num_classes: int):
 
 
 def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> Dict[str, float]:
-  """Matthews correlation for binary labels (CoLA, AX-b)."""
+  """Matthews correlation over every label seen (CoLA, AX); invalid predictions are a class.
+
+  The multi-class form (Gorodkin's R_K, what scikit-learn's `matthews_corrcoef` computes and
+  T5 reports): an invalid prediction (-1 from the label postprocessor) is its own class, never
+  counted as either real label. For two labels it equals the binary coefficient. Written with
+  numpy: scikit-learn is not a dependency of this package.
+  """
   _check_lengths(targets, predictions)
-  t = np.asarray(targets) == 1
-  p = np.asarray(predictions) == 1
-  tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
-  fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
-  denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-  value = 0.0 if denominator == 0 else (tp * tn - fp * fn) / denominator
+  t, p = np.asarray(targets), np.asarray(predictions)
+  classes = np.union1d(t, p)
+  true_counts = np.array([np.sum(t == c) for c in classes], np.float64)
+  pred_counts = np.array([np.sum(p == c) for c in classes], np.float64)
+  correct, total = float(np.sum(t == p)), float(len(t))
+  numerator = correct * total - float(np.dot(true_counts, pred_counts))
+  denominator = np.sqrt((total ** 2 - float(np.dot(pred_counts, pred_counts))) *
+                        (total ** 2 - float(np.dot(true_counts, true_counts))))
+  value = 0.0 if denominator == 0 else numerator / denominator
   return {"matthews_corrcoef": _percent(value)}
 
 

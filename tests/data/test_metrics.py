@@ -95,3 +95,19 @@ def test_reader_metric_adds_recall_at_input():
              {"answers": ["Zed"], "answer_in_input": False}]
   assert metrics.reader(targets, ["bob", "Zed"]) == {
       "em": 100.0, "f1": 100.0, "recall_at_input": 50.0}
+
+
+def test_invalid_predictions_count_as_t5_counts_them():
+  # F1: -1 becomes the wrong class. Targets [1, 1, 0, 0], predictions [1, -1, -1, 0] ->
+  # [1, 0, 1, 0]: tp 1, fp 1, fn 1 -> 0.5 (ignoring the invalid ones would give 1.0).
+  assert metrics.f1_binary([1, 1, 0, 0], [1, -1, -1, 0])["f1"] == pytest.approx(50.0)
+  # Matthews: -1 is a third class. Targets [1, 0, 1, 0], predictions [1, 0, -1, 0]:
+  # 3 right of 4, true counts (0, 2, 2), predicted (1, 2, 1) for classes (-1, 0, 1):
+  # (3 * 4 - (0 + 4 + 2)) / sqrt((16 - 6) * (16 - 8)) = 6 / sqrt(80) = 0.6708.
+  # Counting -1 as class 0 would give the binary 1 / sqrt(3) = 0.5774.
+  value = metrics.matthews_corrcoef([1, 0, 1, 0], [1, 0, -1, 0])["matthews_corrcoef"]
+  assert value == pytest.approx(100 * 6 / 80 ** 0.5)
+  # Three real classes (AX, MNLI labels): perfect is 100, and matches the binary on two.
+  assert metrics.matthews_corrcoef([0, 1, 2, 2], [0, 1, 2, 2])["matthews_corrcoef"] == 100.0
+  assert metrics.matthews_corrcoef([1, 1, 0, 1], [1, 0, 0, 1])["matthews_corrcoef"] == \
+      pytest.approx(100 * 2 / 12 ** 0.5)

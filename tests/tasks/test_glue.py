@@ -92,9 +92,11 @@ def test_cola_matthews_and_stsb_correlations(mocked):
   cola = testing.process("glue_cola_v200", split="validation")
   result = testing.score_predictions(
       "glue_cola_v200", cola, predictions=["acceptable", "unacceptable", "unacceptable", "x"])
-  # tp 1, tn 2, fp 0, fn 1 (the unknown word counts as not "acceptable"):
-  # (1 * 2 - 0 * 1) / sqrt((1 + 0)(1 + 1)(2 + 0)(2 + 1))
-  assert result["matthews_corrcoef"] == pytest.approx(100 * 2 / 12 ** 0.5)
+  # The unknown word is a third class (as T5 counts it), not a lucky "unacceptable": targets
+  # [1, 0, 1, 0], predictions [1, 0, 0, -1]; 2 of 4 right, true counts (0, 2, 2) and predicted
+  # (1, 2, 1) for classes (-1, 0, 1): (2 * 4 - 6) / sqrt((16 - 6) * (16 - 8)) = 2 / sqrt(80).
+  # Counting "x" as "unacceptable" would give 2 / sqrt(12) = 0.577 instead of 0.224.
+  assert result["matthews_corrcoef"] == pytest.approx(100 * 2 / 80 ** 0.5)
   stsb = testing.process("glue_stsb_v200", split="validation")
   result = testing.score_predictions("glue_stsb_v200", stsb, predictions=["4.0", "1.0", "3.6"])
   assert result["spearman_corrcoef"] == pytest.approx(100.0)

@@ -31,11 +31,11 @@ def test_all_pairs_and_directions_are_registered():
 def test_translation_template_in_both_directions(mocked):
   en_fr = testing.process("wmt14_enfr_v100", split="validation")
   assert [(r["inputs_pretokenized"], r["targets_pretokenized"]) for r in en_fr] == [
-      ("Translate English to French: The house is small.", "La maison est petite."),
-      ("Translate English to French: I like cats.", "J'aime les chats.")]
+      ("translate English to French: The house is small.", "La maison est petite."),
+      ("translate English to French: I like cats.", "J'aime les chats.")]
   de_en = testing.process("wmt16_deen_v100", split="validation")
   assert [(r["inputs_pretokenized"], r["targets_pretokenized"]) for r in de_en] == [
-      ("Translate German to English: Guten Morgen.", "Good morning.")]
+      ("translate German to English: Guten Morgen.", "Good morning.")]
 
 
 def test_bleu_is_100_for_exact_and_lower_for_partial(mocked):
@@ -50,3 +50,14 @@ def test_bleu_is_100_for_exact_and_lower_for_partial(mocked):
 
 def test_language_names_cover_every_pair():
   assert {p.other for p in wmt.PAIRS} | {"en"} == set(wmt.LANGUAGE_NAMES)
+
+
+def test_every_wmt_task_uses_t5s_lower_case_prefix():
+  from tasks import wmt
+  for pair in wmt.PAIRS:
+    for source, target in (("en", pair.other), (pair.other, "en")):
+      prefix = wmt.TEMPLATE.format(source=wmt.LANGUAGE_NAMES[source],
+                                   target=wmt.LANGUAGE_NAMES[target])
+      assert prefix.startswith("translate ") and prefix.endswith(": ")
+  assert wmt.TEMPLATE.format(source="English", target="German") == \
+      "translate English to German: "

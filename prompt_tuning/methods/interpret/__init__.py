@@ -1,0 +1,1 @@
+"""Looking inside a learned prompt: nearest vocabulary tokens, norms, similarity, order."""

@@ -1,0 +1,1 @@
+"""Prompt regularisers and losses as model wrappers (the trainer stays untouched)."""
