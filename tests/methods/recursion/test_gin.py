@@ -67,3 +67,33 @@ def test_presets_set_adam_095_eps_1e6_wd_01_with_warmup_and_linear_decay(preset,
 def test_a_bad_schedule_is_refused():
   with pytest.raises(ValueError, match="warmup_fraction"):
     warmup_linear_decay(peak_value=1e-4, total_steps=10, warmup_fraction=1.5)
+
+
+def test_the_second_stage_run_file_registers_the_candidates_task(tmp_path):
+  (tmp_path / "train.jsonl").write_text(
+      '{"question": "q", "answer": "a", "candidates": ["a", "b"]}\n')
+  gin.clear_config()
+  gin_utils.register_configurables()
+  gin.parse_config_files_and_bindings(
+      ["gin/models/byte_t5_tiny.gin", "gin/runs/prompt_tuning.gin",
+       "gin/methods/recursion/candidates_task.gin"],
+      ["MODEL_DIR='/tmp/unused'", "INITIAL_CHECKPOINT_PATH='/tmp/unused'",
+       "MIXTURE_OR_TASK_NAME=@recursion.candidates_task()", f"CANDIDATES_DIR='{tmp_path}'"])
+  import seqio  # pylint: disable=g-import-not-at-top
+  name = gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn()
+  task = seqio.get_mixture_or_task(name)
+  row = next(task.get_dataset({"inputs": 64, "targets": 4}, split="train",
+                              shuffle=False).as_numpy_iterator())
+  assert row["inputs_pretokenized"].decode() == "question: q candidates: (1) a (2) b"
+
+
+@pytest.mark.slow
+def test_the_tiny_textual_pipeline_plans_its_six_stages(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  out = subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.pipeline",
+       "--gin_file=gin/methods/recursion/textual_tiny.gin", f"--pipeline_dir={tmp_path}",
+       "--gin.NUM_CANDIDATES=4", "--dry_run"], capture_output=True, text=True, check=True)
+  assert "6 of 6 stage(s) selected" in out.stdout
+  assert "'num_decodes': 4, 'temperature': 1.0" in out.stdout
+  assert "stage 'candidates' (recursion_candidates): to run" in out.stdout

@@ -89,6 +89,7 @@ def test_a_zero_gate_connector_makes_single_pass_baselines_the_plain_lm(mode):
   np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lm_c_lm", "c_lm", "lm_c"])
 def test_training_moves_every_connector_parameter_and_no_lm_parameter(mode):
   model = make(mode, hook=PromptHook(Prompt(length=2)))
@@ -121,16 +122,23 @@ def test_training_moves_every_connector_parameter_and_no_lm_parameter(mode):
 
 
 def greedy_without_cache(model, params, batch, length):
-  """Greedy decoding that re-runs the full teacher-forced model on the history each step."""
+  """Greedy decoding that re-runs the full teacher-forced model on the history each step.
+
+  The history sits in a fixed-width buffer (trailing slots masked; the model is causal, so
+  they cannot change earlier slots) so that one compiled call serves every step.
+  """
+  run = jax.jit(model.sequence_logits)
   rows = []
   for row in range(batch["decoder_input_tokens"].shape[0]):
     prompt_len = int(batch["decoder_causal_attention"][row].sum())
     history = list(np.asarray(batch["decoder_input_tokens"][row, :prompt_len]))
+    width = prompt_len + length
+    prompt = jnp.asarray([[1] * prompt_len + [0] * length])
     out = []
     for _ in range(length):
-      tokens = jnp.asarray([history])
-      prompt = jnp.asarray([[1] * prompt_len + [0] * (len(history) - prompt_len)])
-      logits, index = model.sequence_logits(params, tokens, jnp.ones_like(tokens), prompt)
+      tokens = jnp.asarray([history + [0] * (width - len(history))])
+      mask = jnp.asarray([[1] * len(history) + [0] * (width - len(history))])
+      logits, index = run(params, tokens, mask, prompt)
       slot = int(np.argmax(np.asarray(index[0]) == len(history) - 1))
       token = int(np.argmax(np.asarray(logits[0, slot])))
       out.append(token)
@@ -141,6 +149,7 @@ def greedy_without_cache(model, params, batch, length):
   return np.array(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,hook", [("lm_c_lm", False), ("lm_c_lm", True), ("c_lm", True),
                                        ("lm_c", False)])
 def test_cached_prediction_equals_decoding_without_cache(mode, hook):
@@ -153,6 +162,7 @@ def test_cached_prediction_equals_decoding_without_cache(mode, hook):
   assert len({tuple(r) for r in expected}) == 2  # the two examples decode differently
 
 
+@pytest.mark.slow
 def test_sampling_returns_every_decode_with_scores_best_first():
   model = make()
   params = params_of(model, seed=3, gate=0.3)
