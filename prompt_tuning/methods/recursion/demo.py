@@ -1,12 +1,15 @@
 """CPU demonstration of LM recursion on a tiny frozen LM and a synthetic closed-book task.
 
-  python -m prompt_tuning.methods.recursion.demo [--quick]
+  python -m prompt_tuning.methods.recursion.demo [--quick] [--task lookup|reversed]
 
 Facts: 200 three-digit entities, each with a two-digit value. The LM is pre-trained on the
-statements "e1 e2 e3 IS v1 v2" for every entity, and on questions "Q e1 e2 e3 -> v1 v2" for
-entities 0-99 only. The downstream closed-book task asks about entities 100-199 with a new
-question marker "Q2" that the LM never saw (train: 100-159, validation: 160-199): the answer is
-in the frozen LM's weights, the format must be learned. Then, with the LM frozen throughout:
+statements "e1 e2 e3 IS v1 v2" for every entity, and on questions "e1 e2 e3 Q -> v1 v2" for
+entities 0-99 only (entity first: the value is then readable from the entity's states, which
+makes the facts of entities never asked about extractable). The downstream closed-book task
+asks about entities 100-199 with a question marker "Q2" the LM never saw (train: 100-159,
+validation: 160-199): the answer is in the frozen LM's weights, the format must be learned.
+`--task reversed` asks for the value's two digits in reverse order, which needs computation
+beyond recall. Then, with the LM frozen throughout:
 
   one pass         prompt tuning (p1)
   textual          p1 samples 16 answers per question at temperature 1; prompt p2 reads the
@@ -122,6 +125,9 @@ def plain_params(model, params_from, key):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+  parser.add_argument("--task", choices=("lookup", "reversed"), default="lookup",
+                      help="answer the value, or its two digits reversed (needs computation "
+                           "beyond recall)")
   args = parser.parse_args(argv)
   scale = 0.2 if args.quick else 1.0
   start = time.time()
@@ -129,7 +135,7 @@ def main(argv=None):
                    mlp_dim=128, num_decoder_layers=2)
   entities, answers = make_facts()
   # Pre-training: statements for all, Q-questions for entities 0-99.
-  pre_in = [e + [IS] for e in entities] + [[Q] + e for e in entities[:100]]
+  pre_in = [e + [IS] for e in entities] + [e + [Q] for e in entities[:100]]
   pre_out = answers + answers[:100]
   pre = prefix_lm_batch(pre_in, pre_out)
   pre["decoder_loss_weights"][:] = pre["decoder_target_tokens"] > 0  # LM loss on every token
@@ -144,12 +150,13 @@ def main(argv=None):
   print(f"frozen LM, statement form on entities 100-199: EM "
         f"{exact_match(lm, lm_params, statements, answers[100:]):.1f}")
 
-  q_form = prefix_lm_batch([[Q] + e for e in entities[100:]], answers[100:])
+  q_form = prefix_lm_batch([e + [Q] for e in entities[100:]], answers[100:])
   print(f"frozen LM, Q-question form (seen in pre-training for entities 0-99 only) on entities "
         f"100-199: EM {exact_match(lm, lm_params, q_form, answers[100:]):.1f}")
   train_ids, val_ids = range(100, 160), range(160, 200)
-  questions = lambda ids: [[Q2] + entities[i] for i in ids]
-  gold = lambda ids: [answers[i] for i in ids]
+  questions = lambda ids: [entities[i] + [Q2] for i in ids]
+  order = -1 if args.task == "reversed" else 1
+  gold = lambda ids: [answers[i][::order] for i in ids]
   train_batch = prefix_lm_batch(questions(train_ids), gold(train_ids))
   val_batch = prefix_lm_batch(questions(val_ids), gold(val_ids))
   prompt_steps = int(600 * scale)
@@ -174,7 +181,7 @@ def main(argv=None):
     rows = []
     for i, c in zip(ids, cands):
       listed = [t for cand in unique(c, 8) for t in [C] + list(cand)]
-      rows.append([Q2] + entities[i] + listed)
+      rows.append(entities[i] + [Q2] + listed)
     return rows
 
   p2_model = prompted_lm()

@@ -20,7 +20,7 @@ and `lm_c` re-run the model on the whole history at each step (their Connector h
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import flax
 import jax
