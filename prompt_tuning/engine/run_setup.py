@@ -166,10 +166,10 @@ def group_optimizer(assignment: params_lib.Assignment,
   while default_label in own:
     default_label += "_"
 
-  def labels(tree):
-    return unflat({path: (assignment.group_of[path] if assignment.group_of[path] in own
-                          else default_label) for path in flat(tree)})
-
+  # A tree of labels, not a function: optax's state-sharding helpers call a label function with
+  # a placeholder instead of the parameters.
+  labels = unflat({path: (assignment.group_of[path] if assignment.group_of[path] in own
+                          else default_label) for path in assignment.trainable_paths})
   return optax.multi_transform({**own, default_label: default}, labels)
 
 

@@ -160,13 +160,17 @@ def state_shardings(
   """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_opt_state = jax.eval_shape(optimizer.init, trainable_params)
-  opt_shardings = optax.tree_utils.tree_map_params(
-      optimizer,
-      lambda _, sharding: sharding,
-      abstract_opt_state,
-      trainable_shardings,
-      transform_non_params=lambda _: replicated,
-  )
+  try:
+    opt_shardings = optax.tree_utils.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        abstract_opt_state,
+        trainable_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+  except (ValueError, TypeError):  # e.g. per-group optimizers (masked inner states)
+    opt_shardings = _shardings_by_path(abstract_opt_state, trainable_params,
+                                       trainable_shardings, replicated)
   return TrainState(
       step=replicated,
       params=trainable_shardings,
@@ -174,6 +178,27 @@ def state_shardings(
       rng=replicated,
       data_position=replicated,
   )
+
+
+def _shardings_by_path(abstract_opt_state, trainable_params, trainable_shardings, replicated):
+  """Optimizer-state shardings for states `tree_map_params` cannot walk: a state leaf whose key
+  path ends with a parameter's path and has that parameter's shape takes its sharding; every
+  other leaf (counts, factored statistics, masked placeholders) is replicated."""
+  params = _flatten(trainable_params)
+  shardings = _flatten(trainable_shardings)
+
+  def key_name(key):
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+  def pick(path, leaf):
+    names = [key_name(k) for k in path]
+    for end in range(len(names)):
+      candidate = "/".join(names[end:])
+      if candidate in params and tuple(params[candidate].shape) == tuple(leaf.shape):
+        return shardings[candidate]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
 # ------------------------------------------------------------------------------------------------

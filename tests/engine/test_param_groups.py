@@ -439,3 +439,27 @@ def test_a_new_wrapper_trains_and_evaluates_through_the_protocol(tmp_path):
   # The byte classifier learns the last-digit task well above chance (10%) in 60 steps.
   assert final["smoke_last_digit/accuracy"] > 20.0, final
   assert os.path.isdir(os.path.join(result.checkpoint_dir, "60"))
+
+
+@pytest.mark.slow
+def test_a_group_with_its_own_optimizer_trains_through_the_entry_point(tmp_path):
+  """The prompt with Adam at 0.3 and the model with Adam at 1e-3 in one run."""
+  groups = [params.ParamGroup("prompt", params.HOOK_PATTERN, trainable=True,
+                              source=params.FromInit(), optimizer=optax.adam(0.3)),
+            params.ParamGroup("model", None, trainable=True)]
+  module = t5.EncoderDecoder(config=config_lib.get_config("t5_1_1_tiny"),
+                             input_hook=hooks.PromptHook(provider=providers.Prompt(length=3)))
+  result = train_lib.train(
+      model=models.EncoderDecoderModel(module),
+      train_dataset_cfg=data.DatasetConfig(mixture_or_task_name=smoke_tasks.LAST_DIGIT_TASK,
+                                           task_feature_lengths=LENGTHS, split="train",
+                                           batch_size=8),
+      model_dir=str(tmp_path), total_steps=2, optimizer=optax.adam(1e-3), param_groups=groups,
+      restore_cfg=trainer.RestoreConfig(path=str(T5X_TINY)),
+      checkpoint_cfg=trainer.CheckpointConfig(period=2), log_period=1)
+  from prompt_tuning.engine import checkpoint_import  # pylint: disable=g-import-not-at-top
+  base = checkpoint_import.open_checkpoint(str(T5X_TINY))
+  kernel = "encoder/layers_0/mlp/wi_0/kernel"
+  moved = np.abs(_flat(result.state.params)[kernel] - np.asarray(base.read(kernel))).max()
+  # Adam moves each weight by about its learning rate per step: 2 steps of 1e-3 for the model.
+  assert 1e-4 < moved < 3e-3, moved
