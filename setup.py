@@ -89,6 +89,7 @@ setuptools.setup(
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
             "pt-smoke=prompt_tuning.smoke:console_main",
+            "pt-pipeline=prompt_tuning.pipeline:console_main",
         ]
     },
 )
