@@ -117,7 +117,8 @@ def evaluate_both(*, output_dir: str, run_dir: Optional[str], step: Optional[int
                   model_gin_files: Sequence[str], prompt_gin_files: Sequence[str],
                   with_prompt: Sequence[Any], without_prompt: Sequence[Any],
                   bindings: Optional[Mapping[str, Any]] = None, flags: Sequence[str] = (),
-                  base_checkpoint: Optional[str] = None, runner=subprocess.run) -> Dict[str, Dict[str, float]]:
+                  base_checkpoint: Optional[str] = None,
+                  runner=subprocess.run) -> Dict[str, Dict[str, float]]:
   """Evaluates `with_prompt` tasks with the prompt and `without_prompt` tasks without it.
 
   Writes each run under `<output_dir>/{with_prompt,without_prompt}/<task>/` and the metrics of

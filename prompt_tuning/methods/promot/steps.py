@@ -47,3 +47,20 @@ def stack_prompts(*, stage_dir: str, prompts: Sequence[str]):
   table = os.path.join(stage_dir, "prompt_table.npy")
   np.save(table, np.stack(arrays))
   return {"table": table}
+
+
+@pipeline_step("promot_gradient_cosine", outputs=("csv", "png"))
+def gradient_cosine(*, stage_dir: str, model_gin_files: Sequence[str], base_checkpoint: str,
+                    task: str, lengths: Mapping[str, int], module: Optional[str] = None,
+                    prompt_gin_files: Sequence[str] = (), prompt_checkpoint: Optional[str] = None,
+                    bindings: Optional[Mapping[str, Any]] = None, steps: int = 100,
+                    every: int = 10,
+                    batch_size: int = 32, learning_rate: float = 1e-3):
+  """Cosine between the task and the format-only gradient over fine-tuning steps, without and
+  with the stage-1 prompt (`analysis.run`): a CSV and a PNG in the stage folder."""
+  from prompt_tuning.methods.promot import analysis  # pylint: disable=g-import-not-at-top
+  return analysis.run(
+      output_dir=stage_dir, model_gin_files=model_gin_files, base_checkpoint=base_checkpoint,
+      task=task, module=module, lengths=lengths, prompt_gin_files=prompt_gin_files,
+      prompt_checkpoint=prompt_checkpoint, bindings=bindings, steps=int(steps),
+      every=int(every), batch_size=int(batch_size), learning_rate=float(learning_rate))
