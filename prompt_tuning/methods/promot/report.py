@@ -46,10 +46,11 @@ def lookup(record: Mapping[str, Mapping[str, float]], key: str, *,
 
 
 def fewshot_columns(prefix: str, num_shots: int) -> List[Tuple[str, str]]:
-  """`(name, 'task/metric')` of the few-shot suite's headline metrics."""
+  """`(name, 'task/metric')` of the headline metrics of the paper's eight suite tasks."""
   from tasks import fewshot  # pylint: disable=g-import-not-at-top
+  suite = [fewshot.SUITE[name] for name in fewshot.PAPER_SUITE]
   return [(t.name, f"{fewshot.task_name(t.name, num_shots, name_prefix=prefix)}/{t.headline}")
-          for t in fewshot.SUITE.values()]
+          for t in suite]
 
 
 def table(rows: Sequence[Tuple[str, Mapping[str, Mapping[str, float]]]], *, target: str,
