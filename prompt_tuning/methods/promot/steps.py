@@ -15,7 +15,11 @@ def promot_eval(*, stage_dir: str, model_gin_files: Sequence[str],
                 prompt_gin_files: Sequence[str] = (), base_checkpoint: Optional[str] = None,
                 bindings: Optional[Mapping[str, Any]] = None, flags: Sequence[str] = ()):
   """One stage-2 step evaluated twice: the target task with its prompt, the rest without
-  (`evaluation.evaluate_both`); `run_dir=None` evaluates `base_checkpoint` instead."""
+  (`evaluation.evaluate_both`); `run_dir=None` evaluates `base_checkpoint` instead (a path, or
+  the gin text `'path'` of a pipeline's BASE_CHECKPOINT macro)."""
+  if base_checkpoint is not None and len(base_checkpoint) > 1 and \
+      base_checkpoint[0] == base_checkpoint[-1] and base_checkpoint[0] in "'\"":
+    base_checkpoint = base_checkpoint[1:-1]
   evaluation.evaluate_both(
       output_dir=stage_dir, run_dir=run_dir, step=None if step is None else int(step),
       model_gin_files=model_gin_files, prompt_gin_files=prompt_gin_files,

@@ -154,3 +154,14 @@ def test_stack_prompts_builds_the_table_in_order(tmp_path):
                         prompts=[str(tmp_path / "a.npy"), str(tmp_path / "c.npy")])
   with pytest.raises(ValueError, match=r"does not exist"):
     steps.stack_prompts(stage_dir=str(tmp_path), prompts=[str(tmp_path / "zz.npy")])
+
+
+def test_the_pretrained_step_takes_the_base_as_gin_text_or_path(monkeypatch, tmp_path):
+  seen = []
+  monkeypatch.setattr(evaluation, "evaluate_both", lambda **kw: seen.append(kw))
+  for given in ("'/ckpt/base'", "/ckpt/base"):
+    out = steps.promot_eval(stage_dir=str(tmp_path), model_gin_files=["m.gin"], with_prompt=[],
+                            without_prompt=[TARGET], base_checkpoint=given)
+    assert out["metrics"] == str(tmp_path / "metrics.json")
+  assert [kw["base_checkpoint"] for kw in seen] == ["/ckpt/base", "/ckpt/base"]
+  assert all(kw["run_dir"] is None for kw in seen)
