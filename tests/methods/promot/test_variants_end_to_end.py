@@ -1,11 +1,10 @@
 """Every ProMoT variant pipeline runs end to end on the tiny CPU model.
 
-The base stage runs once; each variant's pipeline folder gets a copy of it (same settings, so
-the pipeline skips it), then runs its own stages with short schedules.
+The base stage runs once; each variant then runs every stage but its own `base`, reading that
+shared base through `BASE_CHECKPOINT`, with short schedules.
 """
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -35,35 +34,45 @@ def base_dir(tmp_path_factory):
                        f"--pipeline_dir={folder}", "--stages=base"] + FAST)
   finally:
     os.chdir(cwd)
-  return os.path.join(folder, "base")
+  return _outputs(folder, "base")["checkpoint"]
 
 
-def _run(name, base_dir, tmp_path):
+def _run(name, base_checkpoint, tmp_path, stages, stage="evaluate"):
   folder = str(tmp_path / name)
-  os.makedirs(folder)
-  shutil.copytree(base_dir, os.path.join(folder, "base"))
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
     done = pipeline_lib.main([f"--gin_file=gin/methods/promot/{name}.gin",
-                              f"--pipeline_dir={folder}"] + FAST)
+                              f"--pipeline_dir={folder}", f"--stages={','.join(stages)}",
+                              f"--gin.BASE_CHECKPOINT=\"'{base_checkpoint}'\""] + FAST)
   finally:
     os.chdir(cwd)
-  with open(_outputs(folder, "evaluate")["metrics"]) as f:
+  with open(_outputs(folder, stage)["metrics"]) as f:
     return folder, done, json.load(f)
 
 
 @pytest.mark.slow
+def test_pretrained_row(base_dir, tmp_path):
+  _, done, metrics = _run("promot_pretrained_tiny", base_dir, tmp_path, ["pretrained"],
+                          stage="pretrained")
+  assert list(done) == ["pretrained"]
+  assert metrics["with_prompt"] == {}
+  assert set(metrics["without_prompt"]) == {TARGET, OTHER}
+  assert metrics["without_prompt"][OTHER] > 50.0  # the base was trained on smoke_skills
+
+
+@pytest.mark.slow
 def test_finetune_baseline(base_dir, tmp_path):
-  _, done, metrics = _run("promot_finetune_tiny", base_dir, tmp_path)
-  assert list(done) == ["base", "finetune", "evaluate"]
+  _, done, metrics = _run("promot_finetune_tiny", base_dir, tmp_path,
+                             ["finetune", "evaluate"])
+  assert list(done) == ["finetune", "evaluate"]
   assert metrics["with_prompt"] == {}
   assert set(metrics["without_prompt"]) == {TARGET, OTHER}
 
 
 @pytest.mark.slow
 def test_joint_ablation_trains_prompt_and_model(base_dir, tmp_path):
-  folder, _, metrics = _run("promot_joint_tiny", base_dir, tmp_path)
+  folder, _, metrics = _run("promot_joint_tiny", base_dir, tmp_path, ["joint", "evaluate"])
   assert set(metrics["with_prompt"]) == {TARGET} and set(metrics["without_prompt"]) == {OTHER}
   joint = _outputs(folder, "joint")
   with open(joint["config"]) as f:
@@ -77,8 +86,9 @@ def test_joint_ablation_trains_prompt_and_model(base_dir, tmp_path):
 
 @pytest.mark.slow
 def test_random_prompt_ablation_keeps_its_fixed_prompt(base_dir, tmp_path):
-  folder, done, metrics = _run("promot_random_prompt_tiny", base_dir, tmp_path)
-  assert list(done) == ["base", "stage2", "evaluate"]
+  folder, done, metrics = _run("promot_random_prompt_tiny", base_dir, tmp_path,
+                                ["stage2", "evaluate"])
+  assert list(done) == ["stage2", "evaluate"]
   assert set(metrics["with_prompt"]) == {TARGET}
   stage2 = _outputs(folder, "stage2")
   first = np.load(os.path.join(stage2["model_dir"], "numpy_checkpoints", "checkpoint_5",
@@ -88,15 +98,17 @@ def test_random_prompt_ablation_keeps_its_fixed_prompt(base_dir, tmp_path):
 
 @pytest.mark.slow
 def test_one_shot_variant(base_dir, tmp_path):
-  _, done, metrics = _run("promot_1shot_tiny", base_dir, tmp_path)
-  assert list(done) == ["base", "stage1", "stage2", "evaluate"]
+  _, done, metrics = _run("promot_1shot_tiny", base_dir, tmp_path,
+                             ["stage1", "stage2", "evaluate"])
+  assert list(done) == ["stage1", "stage2", "evaluate"]
   assert set(metrics["with_prompt"]) == {"smoke_last_digit_1shot/accuracy"}
 
 
 @pytest.mark.slow
 def test_multitask_routes_each_task_to_its_stage1_prompt(base_dir, tmp_path):
-  folder, done, metrics = _run("promot_multitask_tiny", base_dir, tmp_path)
-  assert list(done) == ["base", "stage1_a", "stage1_b", "stack", "stage2", "evaluate"]
+  folder, done, metrics = _run("promot_multitask_tiny", base_dir, tmp_path,
+                             ["stage1_a", "stage1_b", "stack", "stage2", "evaluate"])
+  assert list(done) == ["stage1_a", "stage1_b", "stack", "stage2", "evaluate"]
   assert set(metrics["with_prompt"]) == {"smoke_last_digit_prompt0/accuracy",
                                          "smoke_skills_prompt1/accuracy"}
   table = np.load(_outputs(folder, "stack")["table"])
