@@ -107,8 +107,8 @@ def run(*, work_dir: Optional[str] = None, base_steps: int = 1000, prompt_steps:
   d = lambda name: os.path.join(work_dir, name)
   base = _train(base_args(d("base"), base_steps))
   stage1 = _train(stage1_args(d("stage1"), base["checkpoint"], prompt_steps))
-  stage2 = _train(stage2_args(d("stage2"), base["checkpoint"], stage1["checkpoint"], tune_steps))
-  finetune = _train(finetune_args(d("finetune"), base["checkpoint"], tune_steps))
+  _train(stage2_args(d("stage2"), base["checkpoint"], stage1["checkpoint"], tune_steps))
+  _train(finetune_args(d("finetune"), base["checkpoint"], tune_steps))
 
   target, others = demo_tasks.TARGET_TASK, demo_tasks.EVAL_MIXTURE
   ev = lambda run_dir, name, task, prompt: _evaluate(run_dir, d(f"eval/{name}"), task,

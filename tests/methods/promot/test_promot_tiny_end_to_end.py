@@ -118,7 +118,6 @@ def test_base_checkpoint_is_untouched(finished):
 
 @pytest.mark.slow
 def test_eval_without_prompt_equals_plain_model_with_stage2_weights(finished):
-  from prompt_tuning.engine import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning.smoke_data import tasks as smoke_tasks  # pylint: disable=g-import-not-at-top
   evaluate = _outputs(finished["dir"], "evaluate")
   with open(evaluate["metrics"]) as f:
@@ -151,4 +150,3 @@ def test_eval_without_prompt_equals_plain_model_with_stage2_weights(finished):
   assert ours == [r["prediction"] for r in logged[:64]]
   assert metrics["without_prompt"]["smoke_skills/accuracy"] == pytest.approx(
       100.0 * np.mean([r["prediction"] == r["target"] for r in logged]))
-  del data
