@@ -12,7 +12,8 @@ Where the model emits T5 sentinels (`<extra_id_0> answer <extra_id_1> ...`), onl
 between the first two is kept; predictions are then cut where the model starts the next shot
 (`Q:`, `Translate`, `Article:`); classification compares the first word with the label words.
 `suite_score` averages the headline metrics (accuracy, EM, BLEU, ROUGE-2, all on a 0-100 scale)
-of the eight tasks of the ProMoT paper's suite (`PAPER_SUITE`: every task but RTE, which is the fine-tuning target there).
+of the eight tasks of the ProMoT paper's suite (`PAPER_SUITE`: every task but RTE, which is the
+fine-tuning target there).
 """
 import dataclasses
 import re
