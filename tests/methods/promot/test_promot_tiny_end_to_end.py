@@ -89,10 +89,13 @@ def test_stage2_trains_everything_but_the_prompt(finished):
   assert set(saved) == set(base)  # every model parameter, and nothing else, was trained
   changed = [p for p in saved if not np.array_equal(saved[p], base[p])]
   assert len(changed) == len(saved) == 52  # byte_t5_tiny's 52 leaves all moved
-  with open(os.path.join(stage2["model_dir"], "config.gin")) as f:
-    config = f.read()
-  assert "prompt/params.ParamGroup.trainable = False" in config
-  assert "model/params.ParamGroup.trainable = True" in config
+  with open(os.path.join(stage2["checkpoint"], "run", "metadata")) as f:
+    groups = {g["name"]: g for g in json.load(f)["run_metadata"]["param_groups"]}
+  assert (groups["prompt"]["trainable"], groups["prompt"]["pattern"]) == (False, "^input_hook/")
+  assert groups["prompt"]["source"] == {
+      "kind": "checkpoint", "path": _outputs(finished["dir"], "stage1")["checkpoint"],
+      "format": "auto", "prefix_map": [], "dtype": None}
+  assert (groups["model"]["trainable"], groups["model"]["pattern"]) == (True, None)
 
 
 @pytest.mark.slow
