@@ -3,8 +3,8 @@
 ProMoT's claim is about two uses of the same stage-2 weights: the fine-tuned task keeps its
 prompt; every other task is served by the model with the prompt removed. Removing the prompt
 means building the model without an input hook and reading every one of its parameters from the
-stage-2 step (`evaluate.trainable_patterns = ['.*']`: all of them come from the step, none from
-the base), so the weights are exactly the fine-tuned ones.
+stage-2 step's saved parameters (one parameter group, `FromCheckpoint(<run>/checkpoints/<step>)`;
+nothing comes from the base), so the weights are exactly the fine-tuned ones.
 
 Each evaluation is a run of the eval entry point in its own process (the same command a user
 would type), so gin state never leaks between the two model configurations.
@@ -77,11 +77,24 @@ def eval_command(*, entry: EvalEntry, run_dir: Optional[str], step: Optional[int
   if run_dir is None:
     values["INITIAL_CHECKPOINT_PATH"] = repr(base_checkpoint)
   elif not prompt:
-    # Every parameter of the hook-less model comes from the step (the run's own groups name
-    # a prompt this model does not have).
-    values["evaluate.trainable_patterns"] = [".*"]
+    # The hook-less model, every parameter read from the step's saved parameters (a step of a
+    # run whose prompt was trained too holds the prompt as well; it is not read).
+    values.update({
+        "CHECKPOINT_DIR": "None", "CHECKPOINT_STEP": "None",
+        "evaluate.param_groups": "[@weights/params.ParamGroup()]",
+        "weights/params.ParamGroup.name": repr("model"),
+        "weights/params.ParamGroup.source": "@weights/params.FromCheckpoint()",
+        "weights/params.FromCheckpoint.path": repr(step_folder(run_dir, step))})
   command += [f"--gin.{name}={_gin_text(value)}" for name, value in values.items()]
   return command + list(flags)
+
+
+def step_folder(run_dir: str, step: Optional[int]) -> str:
+  """`<run>/checkpoints/<step>`; without a step, the one the run chose (best or latest)."""
+  if step is None:
+    from prompt_tuning.pipelines import outputs  # pylint: disable=g-import-not-at-top
+    return outputs.read("train", run_dir)["checkpoint"]
+  return os.path.join(run_dir, "checkpoints", str(step))
 
 
 def read_metrics(output_dir: str) -> Dict[str, float]:

@@ -53,10 +53,13 @@ def with_prompt_id(task: str, prompt_id: int) -> str:
     raise ValueError(f"Unknown task {task!r}: import the module that registers it first.")
   original = seqio.get_mixture_or_task(task)
   name = prompted_name(task, prompt_id)
+  # An output feature, so that mixtures (which keep only output features) carry it too.
+  features = {**original.output_features, PROMPT_IDS_KEY: seqio.Feature(
+      vocabulary=seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0)}
   registry.add_task(
       name, source=original.source,
       preprocessors=list(original.preprocessors) + [add_prompt_id(prompt_id)],
-      output_features=original.output_features, postprocess_fn=original.postprocessor,
+      output_features=features, postprocess_fn=original.postprocessor,
       metric_fns=list(original.metric_fns))
   return name
 

@@ -43,16 +43,19 @@ def test_commands_with_and_without_the_prompt(run_dir):
                              "--gin_file=gin/prompts/prompt.gin", "--gin_file=gin/runs/eval.gin"]
   assert without[:2] == ["--gin_file=gin/models/byte_t5_tiny.gin",
                          "--gin_file=gin/runs/eval.gin"]
+  assert f"--gin.CHECKPOINT_DIR='{run_dir}'" in with_prompt
+  assert "--gin.CHECKPOINT_STEP=30" in with_prompt
   for flags in (with_prompt, without):
-    assert f"--gin.CHECKPOINT_DIR='{run_dir}'" in flags
-    assert "--gin.CHECKPOINT_STEP=30" in flags
     assert "--gin.MIXTURE_OR_TASK_NAME='smoke_skills'" in flags
     assert "--gin.EVAL_SPLIT='train'" in flags
     assert "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}" in flags
     assert "--gin.DECODER_PARAMS=None" in flags and "--gin.PROMPT_LENGTH=8" in flags
-  # Without the prompt every parameter of the hook-less model is read from the step.
-  assert "--gin.evaluate.trainable_patterns=['.*']" in without
-  assert not any("trainable_patterns" in f for f in with_prompt)
+  # Without the prompt every parameter of the hook-less model is read from the step's folder.
+  assert "--gin.CHECKPOINT_DIR=None" in without
+  assert "--gin.evaluate.param_groups=[@weights/params.ParamGroup()]" in without
+  assert "--gin.weights/params.ParamGroup.source=@weights/params.FromCheckpoint()" in without
+  assert f"--gin.weights/params.FromCheckpoint.path='{run_dir}/checkpoints/30'" in without
+  assert not any("param_groups" in f for f in with_prompt)
 
 
 def test_the_pretrained_model_is_evaluated_from_its_checkpoint():
@@ -61,7 +64,7 @@ def test_the_pretrained_model_is_evaluated_from_its_checkpoint():
       gin_files=["g.gin"], bindings={}, prompt=False, base_checkpoint="/ckpt/base"))
   assert "--gin.CHECKPOINT_DIR=None" in flags
   assert "--gin.INITIAL_CHECKPOINT_PATH='/ckpt/base'" in flags
-  assert not any("trainable_patterns" in f for f in flags)
+  assert not any("param_groups" in f for f in flags)
 
 
 def _fake_runner(calls, accuracy):
