@@ -33,10 +33,11 @@ MT5_MIXTURE = "promot_mt5_rte_wmt14_enfr"
 
 
 def add_prompt_id(prompt_id: int):
-  """A preprocessor giving every example `prompt_ids = prompt_id` (int32 scalar)."""
+  """A preprocessor giving every example `prompt_ids = [prompt_id]` (int32, shape [1]: seqio's
+  evaluator measures every output feature's length, so it cannot be a scalar)."""
 
   def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return dataset.map(lambda ex: {**ex, PROMPT_IDS_KEY: tf.constant(prompt_id, tf.int32)})
+    return dataset.map(lambda ex: {**ex, PROMPT_IDS_KEY: tf.constant([prompt_id], tf.int32)})
 
   return preprocess
 
@@ -55,7 +56,7 @@ def with_prompt_id(task: str, prompt_id: int) -> str:
   name = prompted_name(task, prompt_id)
   # An output feature, so that mixtures (which keep only output features) carry it too.
   features = {**original.output_features, PROMPT_IDS_KEY: seqio.Feature(
-      vocabulary=seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=0)}
+      vocabulary=seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32, rank=1)}
   registry.add_task(
       name, source=original.source,
       preprocessors=list(original.preprocessors) + [add_prompt_id(prompt_id)],

@@ -46,7 +46,7 @@ def test_each_prompted_task_carries_its_own_prompt_id():
   assert sorted(t.name for t in mixture.tasks) == sorted(names)
   for prompt_id, name in enumerate(names):
     examples = _examples(name, 8)
-    assert [int(e["prompt_ids"]) for e in examples] == [prompt_id] * 8
+    assert [e["prompt_ids"].tolist() for e in examples] == [[prompt_id]] * 8
     plain = _examples(promot_tasks.SMOKE_TASKS[prompt_id], 8)
     assert "prompt_ids" in seqio.get_mixture_or_task(name).output_features
     for ours, theirs in zip(examples, plain):
@@ -57,7 +57,7 @@ def test_the_mixture_keeps_the_prompt_ids():
   """A mixture keeps only its tasks' output features; `prompt_ids` is one of them."""
   dataset = seqio.get_mixture_or_task(promot_tasks.SMOKE_MIXTURE).get_dataset(
       LENGTHS, split="validation", shuffle=False, seed=0)
-  ids = [int(e["prompt_ids"]) for e in dataset.take(64).as_numpy_iterator()]
+  ids = [int(e["prompt_ids"][0]) for e in dataset.take(64).as_numpy_iterator()]
   assert set(ids) == {0, 1}
 
 
