@@ -126,6 +126,22 @@ def test_generation_is_cut_before_the_next_example(mocked):
   assert result["rouge2"] == pytest.approx(100.0)
 
 
+def test_predictions_keep_the_text_between_the_first_two_sentinels(mocked):
+  assert fewshot.between_sentinels("<extra_id_0> Paris <extra_id_1> Q: x") == " Paris "
+  assert fewshot.between_sentinels("<extra_id_0> Paris") == " Paris"
+  assert fewshot.between_sentinels("Paris Q: next") == "Paris Q: next"
+  rows = testing.process("fewshot_trivia_qa_1shot", split="test")
+  result = testing.score_predictions(
+      "fewshot_trivia_qa_1shot", rows,
+      predictions=["<extra_id_0> the Bard <extra_id_1> Venus", "Venus Q: Mars"])
+  assert result["em"] == pytest.approx(50.0)
+  rows = testing.process("fewshot_rte_1shot", split="test")
+  result = testing.score_predictions(
+      "fewshot_rte_1shot", rows, predictions=["<extra_id_0> true <extra_id_1> false", "false"])
+  assert result == {"accuracy": 100.0}
+  assert sorted(fewshot.PAPER_SUITE) == sorted(set(fewshot.SUITE) - {"rte"})
+
+
 def test_suite_mixtures_hold_the_nine_tasks():
   for k in fewshot.SHOTS:
     mixture = seqio.get_mixture_or_task(f"fewshot_suite_{k}shot")
@@ -141,7 +157,8 @@ def test_suite_score_is_the_mean_of_headline_metrics():
               "xsum": ("rouge2", 9.0), "wiki_lingua_en": ("rouge2", 6.0)}
   results = {f"fewshot_{t}_1shot": {m: v, "other": 1000.0} for t, (m, v) in headline.items()}
   score = fewshot.suite_score(results, num_shots=1)
-  assert score["average"] == pytest.approx(255.0 / 9)
+  assert score["average"] == pytest.approx((255.0 - 60.0) / 8)  # RTE is not averaged
+  assert score["rte"] == 60.0
   assert score["xsum"] == 9.0
   del results["fewshot_cb_1shot"]
   with pytest.raises(ValueError, match="fewshot_cb_1shot"):
