@@ -521,6 +521,7 @@ def _losses(result):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_pipeline_killed_in_its_second_stage_resumes_to_the_uninterrupted_result(
     tmp_path, monkeypatch):
   steps_dir = tmp_path / "steps"

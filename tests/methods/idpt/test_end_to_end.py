@@ -8,6 +8,7 @@ from prompt_tuning.methods.idpt import demo
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_tiny_pipeline_runs_every_stage(tmp_path):
   outputs = pipeline_lib.main(["--gin_file=gin/methods/idpt/idpt_tiny.gin",
                                f"--pipeline_dir={tmp_path}", "--gin.LM_STEPS=4",
@@ -22,6 +23,7 @@ def test_the_tiny_pipeline_runs_every_stage(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_demo_prints_one_row_per_method_and_the_distance_table(tmp_path):
   lines = demo.run(work_dir=str(tmp_path / "demo"), lm_steps=3, steps=2)
   rows = [line.split() for line in lines]

@@ -81,6 +81,7 @@ def finished(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_stage2_trains_everything_but_the_prompt(finished):
   stage2 = _outputs(finished["dir"], "stage2")
   saved = _flat(_restore_raw(stage2["checkpoint"]))
@@ -99,6 +100,7 @@ def test_stage2_trains_everything_but_the_prompt(finished):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_stage2_prompt_is_stage1_best_bit_for_bit(finished):
   stage1 = _outputs(finished["dir"], "stage1")
   stage2 = _outputs(finished["dir"], "stage2")
@@ -115,11 +117,13 @@ def test_stage2_prompt_is_stage1_best_bit_for_bit(finished):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_base_checkpoint_is_untouched(finished):
   assert finished["base_before"] == finished["base_after"]
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_eval_without_prompt_equals_plain_model_with_stage2_weights(finished):
   from prompt_tuning.smoke_data import tasks as smoke_tasks  # pylint: disable=g-import-not-at-top
   evaluate = _outputs(finished["dir"], "evaluate")

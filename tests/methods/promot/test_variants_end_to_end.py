@@ -52,6 +52,7 @@ def _run(name, base_checkpoint, tmp_path, stages, stage="evaluate"):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_pretrained_row(base_dir, tmp_path):
   _, done, metrics = _run("promot_pretrained_tiny", base_dir, tmp_path, ["pretrained"],
                           stage="pretrained")
@@ -62,6 +63,7 @@ def test_pretrained_row(base_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_finetune_baseline(base_dir, tmp_path):
   _, done, metrics = _run("promot_finetune_tiny", base_dir, tmp_path,
                              ["finetune", "evaluate"])
@@ -71,6 +73,7 @@ def test_finetune_baseline(base_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_joint_ablation_trains_prompt_and_model(base_dir, tmp_path):
   folder, _, metrics = _run("promot_joint_tiny", base_dir, tmp_path, ["joint", "evaluate"])
   assert set(metrics["with_prompt"]) == {TARGET} and set(metrics["without_prompt"]) == {OTHER}
@@ -84,6 +87,7 @@ def test_joint_ablation_trains_prompt_and_model(base_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_random_prompt_ablation_keeps_its_fixed_prompt(base_dir, tmp_path):
   folder, done, metrics = _run("promot_random_prompt_tiny", base_dir, tmp_path,
                                 ["stage2", "evaluate"])
@@ -96,6 +100,7 @@ def test_random_prompt_ablation_keeps_its_fixed_prompt(base_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_one_shot_variant(base_dir, tmp_path):
   _, done, metrics = _run("promot_1shot_tiny", base_dir, tmp_path,
                              ["stage1", "stage2", "evaluate"])
@@ -104,6 +109,7 @@ def test_one_shot_variant(base_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_multitask_routes_each_task_to_its_stage1_prompt(base_dir, tmp_path):
   folder, done, metrics = _run("promot_multitask_tiny", base_dir, tmp_path,
                              ["stage1_a", "stage1_b", "stack", "stage2", "evaluate"])

@@ -31,6 +31,7 @@ def test_oracle_records_put_the_answer_passage_in_the_first_three_places():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_quick_demo_prints_its_table(tmp_path, capsys):
   rows = demo.main(["--quick", "--workdir", str(tmp_path)])
   out = capsys.readouterr().out

@@ -43,6 +43,7 @@ def check_finished_pipeline(directory):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_tiny_pipeline_runs_every_stage(tmp_path):
   pipeline.main(["--gin_file=gin/methods/reader/reader_tiny.gin",
                  f"--pipeline_dir={tmp_path / 'run'}"])
