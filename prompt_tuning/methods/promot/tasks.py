@@ -93,14 +93,20 @@ def one_shot_text(task: str) -> str:
 def prepend_shot(task: str):
   """A preprocessor (after tokenisation) prepending `task`'s 1-shot example to `inputs`."""
 
-  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  def preprocess(dataset: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
     shot = one_shot_text(task)
     vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
     tokens = tf.constant(vocabulary.encode(shot), tf.int32)
+    limit = (sequence_length or {}).get("inputs")
 
     def add(example):
       example = dict(example)
-      example["inputs"] = tf.concat([tokens, tf.cast(example["inputs"], tf.int32)], axis=0)
+      ids = tf.concat([tokens, tf.cast(example["inputs"], tf.int32)], axis=0)
+      if limit:  # trimmed here so the input still ends with EOS, as the task's own inputs do
+        ids = tf.cond(tf.size(ids) > limit,
+                      lambda: tf.concat([ids[:limit - 1], [vocabulary.eos_id]], axis=0),
+                      lambda: ids)
+      example["inputs"] = ids
       if "inputs_pretokenized" in example:
         example["inputs_pretokenized"] = tf.strings.join([shot, example["inputs_pretokenized"]])
       return example
