@@ -103,6 +103,25 @@ def assign_groups(*, init_fn, rng: jax.Array, groups: Sequence[params_lib.ParamG
   return params_lib.resolve(groups, list(flat(abstract))), abstract
 
 
+def place_groups(*, model: Any, lengths: Mapping[str, int],
+                 groups: Sequence[params_lib.ParamGroup], restore: RestoreConfig,
+                 mesh: jax.sharding.Mesh, rules: Any, rng: jax.Array,
+                 require_trainable: bool = False) -> Tuple[params_lib.Assignment, Placed]:
+  """Resolves the groups, places every leaf from its group's source and splits the tree into
+  trainable and frozen parts (training and inference both start here).
+
+  With `require_trainable`, a run whose groups train nothing stops before anything is read.
+  """
+  init_fn = init_fn_for(model, lengths)
+  assignment, abstract = assign_groups(init_fn=init_fn, rng=rng, groups=groups)
+  if require_trainable and not assignment.trainable_paths:
+    raise ValueError("No parameter is trainable: the model has no input hook for the default "
+                     "prompt group (include a gin/prompts/ file) and no other group is trainable.")
+  params, shardings = place_params(init_fn=init_fn, assignment=assignment, restore=restore,
+                                   mesh=mesh, rules=rules, rng=rng, abstract=abstract)
+  return assignment, split_placed(params=params, shardings=shardings, assignment=assignment)
+
+
 def load_params(*, model: Any, lengths: Mapping[str, int], restore: RestoreConfig,
                 mesh: jax.sharding.Mesh, rules: Any, rng: jax.Array,
                 groups: Optional[Sequence[params_lib.ParamGroup]] = None) -> Tuple[Any, Any]:
@@ -262,14 +281,9 @@ def setup(*, model: Any, lengths: Mapping[str, int], mesh_config: partitioning.M
             " x ".join(f"{name}={size}" for name, size in mesh.shape.items()), mesh.size,
             jax.process_count())
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  init_fn = init_fn_for(model, lengths)
-  assignment, abstract = assign_groups(init_fn=init_fn, rng=init_rng, groups=groups)
-  if not assignment.trainable_paths:
-    raise ValueError("No parameter is trainable: the model has no input hook for the default "
-                     "prompt group (include a gin/prompts/ file) and no other group is trainable.")
-  params, shardings = place_params(init_fn=init_fn, assignment=assignment, restore=restore,
-                                   mesh=mesh, rules=rules, rng=init_rng, abstract=abstract)
-  placed = split_placed(params=params, shardings=shardings, assignment=assignment)
+  assignment, placed = place_groups(model=model, lengths=lengths, groups=groups,
+                                    restore=restore, mesh=mesh, rules=rules, rng=init_rng,
+                                    require_trainable=True)
   optimizer = group_optimizer(assignment, optimizer)
   state, state_shardings = create_state(placed=placed, optimizer=optimizer, rng=train_rng,
                                         mesh=mesh)
@@ -342,12 +356,9 @@ def load_for_inference(*, model: Any, lengths: Mapping[str, int],
   if manager is not None:  # the step supplies the trained values: do not read their sources
     groups = tuple(dataclasses.replace(g, source=params_lib.FromInit(), optimizer=None)
                    if g.trainable else g for g in groups)
-  rng = jax.random.PRNGKey(seed)
-  init_fn = init_fn_for(model, lengths)
-  assignment, abstract = assign_groups(init_fn=init_fn, rng=rng, groups=groups)
-  params, shardings = place_params(init_fn=init_fn, assignment=assignment, restore=restore,
-                                   mesh=mesh, rules=rules, rng=rng, abstract=abstract)
-  placed = split_placed(params=params, shardings=shardings, assignment=assignment)
+  assignment, placed = place_groups(model=model, lengths=lengths, groups=groups,
+                                    restore=restore, mesh=mesh, rules=rules,
+                                    rng=jax.random.PRNGKey(seed))
   if manager is not None:
     placed, _, _ = restore_step(manager, placed=placed, step=step, run=run)
     manager.close()
