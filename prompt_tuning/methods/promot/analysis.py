@@ -5,8 +5,12 @@ it. At each step of a short fine-tuning run (Adafactor, the model's trainable pa
 gradients are taken on the same batch:
 
   * the task gradient: the batch as it is;
-  * the format-only gradient: the same inputs with the targets shuffled across the batch, so the
-    answers keep their format and distribution but no longer depend on the input.
+  * the format-only gradient: the same inputs, each given the target of *another* example of the
+    batch (a random derangement), so the answers keep their format and distribution but no
+    longer depend on the input: for i.i.d. examples, example j's target is independent of
+    example i's input, i.e. a random label drawn from the task's own label distribution (the
+    paper's "random labels"). A plain permutation would leave ~1/B of the examples with their
+    own target and leak content into the format-only gradient.
 
 Their cosine is high while the update teaches mostly format, and falls once the content is
 learned. With a frozen prompt prepended (ProMoT stage 2), the prompt already carries the format,
@@ -25,10 +29,53 @@ DECODER_KEYS = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_w
 
 
 def format_only(batch: Mapping[str, np.ndarray], rng: np.random.Generator) -> Dict[str, Any]:
-  """`batch` with its targets permuted across examples (a derangement where possible)."""
+  """`batch` with every example's target replaced by another example's (a derangement).
+
+  Encoder-decoder batches (`encoder_input_tokens`): the decoder features move, the rest stays.
+  Decoder-only prefix-LM batches (`decoder_causal_attention`, no encoder): each row holds input
+  and target together, so each row is rebuilt as its own input followed by another row's target.
+  """
   size = len(batch["decoder_target_tokens"])
   order = _derangement(size, rng) if size > 1 else np.arange(size)
-  return {k: (np.asarray(v)[order] if k in DECODER_KEYS else v) for k, v in batch.items()}
+  segments = batch.get("decoder_segment_ids")
+  if segments is not None and np.asarray(segments).max(initial=0) > 1:
+    raise ValueError("The format-only gradient needs unpacked batches; this one is packed.")
+  if "encoder_input_tokens" in batch:
+    return {k: (np.asarray(v)[order] if k in DECODER_KEYS else v) for k, v in batch.items()}
+  if "decoder_causal_attention" in batch:
+    return _prefix_lm_format_only(batch, order)
+  raise ValueError("Cannot tell inputs from targets in this batch: it has neither "
+                   "'encoder_input_tokens' nor 'decoder_causal_attention'.")
+
+
+def _prefix_lm_format_only(batch: Mapping[str, np.ndarray],
+                           order: np.ndarray) -> Dict[str, Any]:
+  """Row i becomes row i's input then row order[i]'s target, laid out as seqio's
+  `PrefixLMFeatureConverter` lays out an unpacked example (inputs, targets, zero padding;
+  decoder inputs shifted right by one; causal attention over the inputs and one more slot)."""
+  tokens = np.asarray(batch["decoder_target_tokens"])
+  weights = np.asarray(batch["decoder_loss_weights"])
+  causal = np.asarray(batch["decoder_causal_attention"])
+  length = tokens.shape[1]
+  n_inputs = causal.sum(axis=1) - 1  # the converter marks one slot past the inputs
+  n_total = (tokens != 0).sum(axis=1)
+  new_tokens, new_weights = np.zeros_like(tokens), np.zeros_like(weights)
+  for i, j in enumerate(order):
+    ni, nj = n_inputs[i], n_inputs[j]
+    row = np.concatenate([tokens[i, :ni], tokens[j, nj:n_total[j]]])[:length]
+    row_weights = np.concatenate([weights[i, :ni], weights[j, nj:n_total[j]]])[:length]
+    new_tokens[i, :len(row)], new_weights[i, :len(row)] = row, row_weights
+  new_inputs = np.zeros_like(tokens)
+  new_inputs[:, 1:] = new_tokens[:, :-1]
+  out = dict(batch)
+  out.update(decoder_target_tokens=new_tokens, decoder_input_tokens=new_inputs,
+             decoder_loss_weights=new_weights)
+  nonzero = (new_tokens != 0).astype(tokens.dtype)
+  if "decoder_segment_ids" in batch:
+    out["decoder_segment_ids"] = nonzero
+  if "decoder_positions" in batch:
+    out["decoder_positions"] = np.where(nonzero > 0, np.arange(length)[None], 0)
+  return out
 
 
 def _derangement(size: int, rng: np.random.Generator) -> np.ndarray:
