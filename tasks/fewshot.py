@@ -13,7 +13,8 @@ between the first two is kept; predictions are then cut where the model starts t
 (`Q:`, `Translate`, `Article:`); classification compares the first word with the label words.
 `suite_score` averages the headline metrics (accuracy, EM, BLEU, ROUGE-2, all on a 0-100 scale)
 of the eight tasks of the ProMoT paper's suite (`PAPER_SUITE`: every task but RTE, which is the
-fine-tuning target there).
+fine-tuning target there). The templates are our own: the paper's template table (its Table 7)
+could not be consulted; prompt_tuning/methods/promot/README.md says what was searched.
 """
 import dataclasses
 import re
@@ -125,7 +126,7 @@ SUITE = {
 }
 
 
-# The eight tasks whose plain mean is the suite's normalised average (the paper's Table 7).
+# The eight tasks whose plain mean is the suite's normalised average (the paper's suite).
 PAPER_SUITE = ("cb", "wic", "trivia_qa", "web_questions", "wmt16_ende", "wmt16_enro", "xsum",
                "wiki_lingua_en")
 

@@ -24,6 +24,11 @@ def _trivia(question, value, aliases):
                      "normalized_value": value.lower(), "type": "x", "value": value}}
 
 
+def _lingua(source, target):
+  return {"gem_id": "g", "gem_parent_id": "g", "references": [target], "source": source,
+          "source_aligned": {"en": source}, "target": target, "target_aligned": {"en": target}}
+
+
 EXAMPLES = {
     "super_glue/rte": {"validation": RTE_TEST, "train": RTE_TRAIN},
     "super_glue/cb": {"validation": [
@@ -33,7 +38,9 @@ EXAMPLES = {
     "super_glue/wic": {"validation": [
         {"sentence1": "He sat on the bank.", "sentence2": "The bank was closed.", "word": "bank",
          "start1": 15, "end1": 19, "start2": 4, "end2": 8, "idx": 0, "label": 0}],
-                       "train": []},
+                       "train": [{"sentence1": "I run fast.", "sentence2": "They run home.",
+                                  "word": "run", "start1": 2, "end1": 5, "start2": 5, "end2": 8,
+                                  "idx": 0, "label": 1}]},
     "trivia_qa/rc.nocontext": {
         "validation": [_trivia("Who wrote Hamlet?", "Shakespeare", ["Shakespeare", "Bard"]),
                        _trivia("Red planet?", "Mars", ["Mars"])],
@@ -44,9 +51,15 @@ EXAMPLES = {
     "wmt16_translate/de-en": {"test": [{"en": "Good morning, my dear friend.",
                                         "de": "Guten Morgen, mein lieber Freund."}],
                               "train": [{"en": "Thank you.", "de": "Danke."}]},
+    "wmt16_translate/ro-en": {"test": [{"en": "Good night, my dear friend.",
+                                        "ro": "Noapte buna, dragul meu prieten."}],
+                              "train": [{"en": "Thank you.", "ro": "Multumesc."}]},
     "xsum": {"test": [{"document": "The cat sat on the mat all day.",
                        "summary": "A cat sat on a mat."}],
              "train": [{"document": "Rain fell.", "summary": "It rained."}]},
+    "gem/wiki_lingua_english_en": {
+        "test": [_lingua("Fill the pot. Boil the water.", "Boil water in a pot.")],
+        "train": [_lingua("Open the box. Take out the toy.", "Unbox the toy.")]},
 }
 
 
@@ -72,6 +85,61 @@ def test_zero_shot_templates(mocked):
       "Translate English to German: Good morning, my dear friend."]
   assert _inputs("fewshot_xsum_0shot") == [
       "Article: The cat sat on the mat all day. One sentence summary:"]
+
+
+# The exact 1-shot text of one test example per suite task: the shot (template + " " + answer),
+# the separator, the query (template alone); and the target the prediction is scored against.
+ONE_SHOT = {
+    "cb": ("It rained. question: It was wet. Is it true or false or neither? answer: true" + SEP +
+           "It rained. question: It was Monday. Is it true or false or neither? answer:",
+           "neither"),
+    "wic": ("I run fast. They run home. question: The word run is used in the same way in the "
+            "two sentences. Is it true or False? answer: true" + SEP +
+            "He sat on the bank. The bank was closed. question: The word bank is used in the "
+            "same way in the two sentences. Is it true or False? answer:", "false"),
+    "trivia_qa": ("Q: Largest planet? A: Jupiter" + SEP + "Q: Who wrote Hamlet? A:",
+                  "Shakespeare"),
+    "web_questions": ("Q: who is bob? A: a man" + SEP + "Q: where is paris? A:", "France"),
+    "wmt16_ende": ("Translate English to German: Thank you. Danke." + SEP +
+                   "Translate English to German: Good morning, my dear friend.",
+                   "Guten Morgen, mein lieber Freund."),
+    "wmt16_enro": ("Translate English to Romanian: Thank you. Multumesc." + SEP +
+                   "Translate English to Romanian: Good night, my dear friend.",
+                   "Noapte buna, dragul meu prieten."),
+    "xsum": ("Article: Rain fell. One sentence summary: It rained." + SEP +
+             "Article: The cat sat on the mat all day. One sentence summary:",
+             "A cat sat on a mat."),
+    "wiki_lingua_en": ("Article: Open the box. Take out the toy. One sentence summary: Unbox the "
+                       "toy." + SEP + "Article: Fill the pot. Boil the water. One sentence "
+                       "summary:", "Boil water in a pot."),
+}
+
+
+def test_every_suite_task_renders_its_one_shot_input_exactly(mocked):
+  assert sorted(ONE_SHOT) == sorted(fewshot.PAPER_SUITE)
+  for task, (inputs, target) in ONE_SHOT.items():
+    row = testing.process(f"fewshot_{task}_1shot", split="test")[0]
+    assert (row["inputs_pretokenized"], row["targets_pretokenized"]) == (inputs, target), task
+  # RTE (four training examples): one of them, solved, then the query.
+  rte = _inputs("fewshot_rte_1shot")[0]
+  shot, query = rte.split(SEP)
+  assert shot in {f"P{i}. question: H{i}. Is it true or false? answer: "
+                  f"{'true' if i % 2 == 0 else 'false'}" for i in range(4)}
+  assert query == "The cat sat. question: A cat sat. Is it true or false? answer:"
+
+
+def test_romanian_and_wiki_lingua_predictions_are_cut_and_scored(mocked):
+  rows = testing.process("fewshot_wmt16_enro_1shot", split="test")
+  result = testing.score_predictions(
+      "fewshot_wmt16_enro_1shot", rows,
+      predictions=["<extra_id_0> Noapte buna, dragul meu prieten. Translate English to "
+                   "Romanian: Yes. Da."])
+  assert result["bleu"] == pytest.approx(100.0)
+  rows = testing.process("fewshot_wiki_lingua_en_1shot", split="test")
+  result = testing.score_predictions(
+      "fewshot_wiki_lingua_en_1shot", rows,
+      predictions=["Boil water in a pot. Article: Open the door."])
+  assert result["rouge2"] == pytest.approx(100.0)
 
 
 def test_label_words(mocked):
