@@ -8,9 +8,11 @@ from tasks/super_glue.py; this module adds what decoder-only runs need on top:
 
   <prefix>super_glue_v102_rank_classification   the eight training benchmarks' rank
                                                  classification tasks, evaluated together
-  lm_super_glue_*       every SuperGLUE task in a rotary decoder's own SentencePiece
-                        tokenizer (Llama 2, Mistral, Gemma `tokenizer.model`), registered when
-                        the environment variable PROMPT_TUNING_LM_TOKENIZER names that file
+  lm_super_glue_*       every SuperGLUE task in a rotary decoder's own tokenizer, registered
+                        when the environment variable PROMPT_TUNING_LM_TOKENIZER names it: a
+                        SentencePiece `tokenizer.model` (Llama 2, Mistral, Gemma) or a Hugging
+                        Face `tokenizer.json` (Llama 3 / 3.1, Qwen2; EOS from the
+                        `config.json` beside it)
   tiny_super_glue_{rte,boolq}_v102[...]   generated examples in the raw RTE / BoolQ fields,
                         formatted exactly as the real benchmarks, over `seqio.ByteVocabulary`
                         (the tiny CPU pipeline; no download)
@@ -30,6 +32,7 @@ import tensorflow as tf
 
 from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
+from prompt_tuning.methods.decoder_rank import json_vocabulary
 from tasks import super_glue
 
 LM_TOKENIZER_ENV = "PROMPT_TUNING_LM_TOKENIZER"
@@ -61,7 +64,10 @@ def register_rank_mixtures(name_prefix: str = "",
 
 
 def lm_vocabulary(path: str) -> seqio.Vocabulary:
-  """A rotary decoder's SentencePiece tokenizer as a seqio vocabulary (no T5 extra ids)."""
+  """A rotary decoder's tokenizer as a seqio vocabulary (no T5 extra ids): `tokenizer.json`
+  through `tokenizers`, anything else as a SentencePiece model."""
+  if path.endswith(".json"):
+    return json_vocabulary.TokenizerJsonVocabulary(path)
   return vocabularies.SentencePieceVocabulary(path, extra_ids=0)
 
 
@@ -69,7 +75,7 @@ def register_lm(path: str, *, name_prefix: str = LM_PREFIX) -> None:
   """Every SuperGLUE task in the tokenizer `path` as `<name_prefix>...`, plus the mixtures."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{LM_TOKENIZER_ENV}={path} does not exist; point it at the "
-                            "checkpoint's SentencePiece tokenizer.model.")
+                            "checkpoint's tokenizer.model or tokenizer.json.")
   super_glue.register(vocabulary=lm_vocabulary(path), name_prefix=name_prefix)
   register_rank_mixtures(name_prefix)
 
