@@ -7,8 +7,9 @@ in this Python process (they cannot be cached to files by seqio's offline cache)
 
 Ids are the tokenizer's own, with nothing added (no BOS, no special tokens); the EOS id is the
 checkpoint's `eos_token_id` (from the `config.json` beside `tokenizer.json`, or given), and
-decoding leaves special tokens (EOS, chat markers) out of the text. seqio pads with id 0, which is a real token in these vocabularies ("!" for Llama 3): a target token 0
-carries no loss, as in every seqio decoder-only pipeline.
+decoding leaves special tokens (EOS, chat markers) out of the text. seqio pads with id 0,
+which is a real token in these vocabularies ("!" for Llama 3): a target token 0 carries no
+loss, as in every seqio decoder-only pipeline.
 """
 from __future__ import annotations
 

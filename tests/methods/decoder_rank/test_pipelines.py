@@ -37,7 +37,8 @@ def _argv(name, tmp_path, extra=()):
 
 
 def _runner(name, tmp_path, extra=()):
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
   flags = gin_utils.parse_flags(rest, prog="test", description="test")
   spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
   plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
