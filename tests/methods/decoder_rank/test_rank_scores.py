@@ -139,6 +139,7 @@ def _rte_text(premise, hypothesis):
   return f"rte hypothesis: {hypothesis} premise: {premise}"
 
 
+@pytest.mark.slow  # compiles the engine's runner for 64 + 16 tokens and runs the evaluator
 def test_accuracy_of_a_hand_made_eval_through_the_evaluator(tmp_path):
   """Three RTE examples, each choice scored by hand; the labels make the model right on the
   first and third and wrong on the second, so the evaluator must report 2/3."""
