@@ -106,9 +106,13 @@ def _generation_scoring(b: Benchmark) -> Tuple[Callable, Sequence[Callable]]:
   return to_id, [metrics.accuracy]
 
 
-def _register_benchmark(b: Benchmark, *, vocabulary: seqio.Vocabulary, name_prefix: str) -> None:
+def register_benchmark(b: Benchmark, *, vocabulary: seqio.Vocabulary, name_prefix: str,
+                       source: Optional[seqio.DataSource] = None) -> None:
+  """Registers one benchmark's four tasks; `source` replaces TFDS (e.g. generated examples in
+  the benchmark's raw fields, for a tiny stand-in that goes through the same formatting)."""
   features = vocabularies.text_to_text_features(vocabulary)
-  source = seqio.TfdsDataSource(tfds_name=b.tfds_name, splits=b.splits)
+  if source is None:
+    source = seqio.TfdsDataSource(tfds_name=b.tfds_name, splits=b.splits)
   tail = [preprocessors.tokenize_and_append_eos]
   for taskless in (False, True):
     format_fn = preprocessors.map_examples(_formatter(b, None if taskless else b.prefix))
@@ -155,7 +159,7 @@ def register(
     raise ValueError(f"Unknown SuperGLUE benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}.")
   vocabulary = vocabulary or vocabularies.get_vocabulary(kind=kind)
   for name in names:
-    _register_benchmark(BENCHMARKS[name], vocabulary=vocabulary, name_prefix=name_prefix)
+    register_benchmark(BENCHMARKS[name], vocabulary=vocabulary, name_prefix=name_prefix)
   mixed = [n for n in names if BENCHMARKS[n].in_mixture]
   if len(mixed) == sum(b.in_mixture for b in BENCHMARKS.values()):
     for taskless in (False, True):

@@ -1,7 +1,7 @@
 """Decoder-only language model (causal or prefix-LM) with the same blocks and hook as T5."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
@@ -60,23 +60,48 @@ class DecoderOnly(nn.Module):
         positions come from it. Without `prefill`, a decode call continues each example's
         positions after its last real slot and skips the hook.
     """
-    cfg = self.config
-    if decoder_input_embeddings is None:
-      embeddings = self.token_embedder(decoder_input_tokens)
-    else:
-      embeddings = decoder_input_embeddings.astype(cfg.compute_dtype)
-    if decoder_mask is None:
-      decoder_mask = jnp.ones(embeddings.shape[:2], jnp.int32)
-    inputs = embedded_from_tokens(embeddings, decoder_mask)
-    is_step = decode and not prefill
-    if self.input_hook is not None and not is_step:
-      inputs = self.input_hook(inputs, hook_inputs=hook_inputs, enable_dropout=enable_dropout)
-    prefix = None
-    if decoder_causal_attention is not None and not is_step:
-      prefix = _realign_prefix(decoder_causal_attention, inputs)
+    inputs, prefix, is_step = hooked_inputs(
+        self, self.token_embedder, decoder_input_tokens,
+        decoder_input_embeddings=decoder_input_embeddings, decoder_mask=decoder_mask,
+        decoder_causal_attention=decoder_causal_attention, hook_inputs=hook_inputs,
+        enable_dropout=enable_dropout, decode=decode, prefill=prefill)
     logits, hidden = self.decoder(inputs, prefix=prefix, enable_dropout=enable_dropout,
                                   decode=decode, continue_positions=is_step)
     return LMOutput(logits=logits, hidden=hidden, inputs=inputs)
+
+
+def hooked_inputs(module: nn.Module, embed: Callable[[jax.Array], jax.Array],
+                  decoder_input_tokens: Optional[jax.Array], *,
+                  decoder_input_embeddings: Optional[jax.Array],
+                  decoder_mask: Optional[jax.Array],
+                  decoder_causal_attention: Optional[jax.Array],
+                  hook_inputs: Optional[Mapping[str, Any]], enable_dropout: bool,
+                  decode: bool, prefill: bool
+                  ) -> Tuple[EmbeddedInputs, Optional[jax.Array], bool]:
+  """The call prologue every decoder-only LM shares, in one place so they cannot drift apart.
+
+  Embeds the tokens with `embed` (or takes `decoder_input_embeddings` in the compute dtype),
+  applies `module.input_hook` (not on a decode step, whose positions continue the cache), and
+  maps the prefix-LM mask onto the hooked slots. Call it from the module's own `__call__`.
+
+  Returns:
+    the hooked `EmbeddedInputs`, the realigned `[B, L']` prefix mask (None without one) and
+    whether this call is a single decode step.
+  """
+  if decoder_input_embeddings is None:
+    embeddings = embed(decoder_input_tokens)
+  else:
+    embeddings = decoder_input_embeddings.astype(module.config.compute_dtype)
+  if decoder_mask is None:
+    decoder_mask = jnp.ones(embeddings.shape[:2], jnp.int32)
+  inputs = embedded_from_tokens(embeddings, decoder_mask)
+  is_step = decode and not prefill
+  if module.input_hook is not None and not is_step:
+    inputs = module.input_hook(inputs, hook_inputs=hook_inputs, enable_dropout=enable_dropout)
+  prefix = None
+  if decoder_causal_attention is not None and not is_step:
+    prefix = _realign_prefix(decoder_causal_attention, inputs)
+  return inputs, prefix, is_step
 
 
 def _realign_prefix(prefix: jax.Array, inputs: EmbeddedInputs) -> jax.Array:

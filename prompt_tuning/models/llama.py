@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
-from prompt_tuning.models.decoder_only import LMOutput, _realign_prefix
+from prompt_tuning.models.decoder_only import LMOutput, hooked_inputs
 from prompt_tuning.models.layers import Embed, constrain, mask_to_bias
 from prompt_tuning.models.llama_config import LlamaConfig
 from prompt_tuning.models.llama_layers import DecoderLayer, Projection, RMSNorm, softcap
-from prompt_tuning.models.inputs import EmbeddedInputs, embedded_from_tokens
+from prompt_tuning.models.inputs import EmbeddedInputs
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
 
@@ -78,20 +78,11 @@ class LlamaDecoder(nn.Module):
 
     `decoder_input_embeddings [B, L, E]` are taken as already embedded (scaled, for Gemma).
     """
-    cfg = self.config
-    if decoder_input_embeddings is None:
-      embeddings = self.embed(decoder_input_tokens)
-    else:
-      embeddings = decoder_input_embeddings.astype(cfg.compute_dtype)
-    if decoder_mask is None:
-      decoder_mask = jnp.ones(embeddings.shape[:2], jnp.int32)
-    inputs = embedded_from_tokens(embeddings, decoder_mask)
-    is_step = decode and not prefill
-    if self.input_hook is not None and not is_step:
-      inputs = self.input_hook(inputs, hook_inputs=hook_inputs, enable_dropout=enable_dropout)
-    prefix = None
-    if decoder_causal_attention is not None and not is_step:
-      prefix = _realign_prefix(decoder_causal_attention, inputs)
+    inputs, prefix, is_step = hooked_inputs(
+        self, self.embed, decoder_input_tokens,
+        decoder_input_embeddings=decoder_input_embeddings, decoder_mask=decoder_mask,
+        decoder_causal_attention=decoder_causal_attention, hook_inputs=hook_inputs,
+        enable_dropout=enable_dropout, decode=decode, prefill=prefill)
     logits, hidden = self._stack(inputs, prefix, enable_dropout, decode, is_step)
     return LMOutput(logits=logits, hidden=hidden, inputs=inputs)
 
