@@ -87,7 +87,7 @@ def _flat_params(checkpoint: str):
   return {name: np.asarray(reader.read(name)) for name in reader.entries()}
 
 
-def _frozen_of_prompt_run(model_dir: str):
+def _frozen_of_prompt_run(model_dir: str, prompt_length: int):
   """The frozen parameters the prompt run evaluates with, rebuilt from its run record."""
   # pylint: disable=g-import-not-at-top
   from prompt_tuning.engine import models, partitioning, run_setup, trees
@@ -95,12 +95,13 @@ def _frozen_of_prompt_run(model_dir: str):
   from prompt_tuning.models import t5
   from prompt_tuning.prompts import hooks, initializers, providers
   # pylint: enable=g-import-not-at-top
-  hook = hooks.PromptHook(provider=providers.Prompt(length=2,
+  hook = hooks.PromptHook(provider=providers.Prompt(length=prompt_length,
                                                     initializer=initializers.random_uniform()))
   model = models.EncoderDecoderModel(
       t5.EncoderDecoder(config=config_lib.get_config("t5_1_1_tiny"), input_hook=hook))
   loaded = run_setup.load_for_inference(
-      model=model, lengths={"inputs": 16, "targets": 16}, mesh_config=partitioning.MeshConfig(),
+      model=model, lengths=model.model_feature_lengths({"inputs": 16, "targets": 16}),
+      mesh_config=partitioning.MeshConfig(),
       restore=run_setup.RestoreConfig(path=None), checkpoint_dir=model_dir)
   return loaded.base_path, {k: np.asarray(v) for k, v in trees.flat(loaded.placed.frozen).items()}
 
@@ -125,7 +126,7 @@ def test_tiny_pipeline_adapts_then_prompt_tunes_on_the_adapted_model(tmp_path):
   # Every weight changed in the adaptation is what the prompt run froze; none is the base's.
   adapted = _flat_params(outputs["adapt"]["checkpoint"])
   base = _flat_params(str(BASE))
-  base_path, frozen = _frozen_of_prompt_run(str(tmp_path / "prompt"))
+  base_path, frozen = _frozen_of_prompt_run(str(tmp_path / "prompt"), prompt_length=2)
   assert Path(base_path).resolve() == Path(outputs["adapt"]["checkpoint"]).resolve()
   assert set(frozen) == set(adapted) == set(base)
   for name, value in frozen.items():
