@@ -88,6 +88,7 @@ def add_prefix_lm_task(
           _tokenize_targets,
           seqio.CacheDatasetPlaceholder(),
           objective,
+          _decode_pretokenized,
           data_preprocessors.tokenize_and_append_eos,
       ],
       output_features=vocabularies.text_to_text_features(vocabulary),
@@ -102,6 +103,20 @@ def _tokenize_targets(dataset: tf.data.Dataset,
   encode = _plain(lambda x: {preprocessors.FEATURE: vocabulary.encode_tf(
       x[preprocessors.FEATURE])})
   return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _decode_pretokenized(dataset: tf.data.Dataset,
+                         output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """Adds `inputs_pretokenized` / `targets_pretokenized`, the text of each side of the split,
+  as every other task has them (inspection, inference files, the evaluator's targets)."""
+
+  def decode(x):
+    out = dict(x)
+    for name in ("inputs", "targets"):
+      out[f"{name}_pretokenized"] = output_features[name].vocabulary.decode_tf(x[name])
+    return out
+
+  return dataset.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 Files = Union[str, Iterable[str]]

@@ -66,6 +66,8 @@ def test_text_files_task_one_document_per_line(tmp_path):
                                                 "hello worl", "d"]
   assert all(len(r["inputs"]) <= 11 and len(r["targets"]) <= 11 for r in rows)
   assert text[-1] == "|d"  # a lone token is all target
+  assert [r["inputs_pretokenized"].decode() + "|" + r["targets_pretokenized"].decode()
+          for r in rows] == text
 
 
 def test_text_files_task_rereads_new_files_under_the_same_name(tmp_path):
