@@ -12,12 +12,18 @@ FEATURES = {"inputs": seqio.Feature(VOCAB, add_eos=True),
 
 
 def _split_lengths(n: int, seeds: int) -> np.ndarray:
+  """Prefix lengths of an n-token segment under seeds [s, 7], s < seeds (checks both parts)."""
   tokens = tf.range(10, 10 + n)
+
+  def split(s):
+    prefix, continuation = preprocessors.split_at_uniform_point(
+        tokens, tf.stack([tf.cast(s, tf.int32), 7]))
+    return tf.size(prefix), tf.concat([prefix, continuation], 0)
+
   lengths = []
-  for s in range(seeds):
-    prefix, continuation = preprocessors.split_at_uniform_point(tokens, tf.constant([s, 7]))
-    assert prefix.shape[0] + continuation.shape[0] == n
-    lengths.append(int(prefix.shape[0]))
+  for length, rebuilt in tf.data.Dataset.range(seeds).map(split).as_numpy_iterator():
+    assert rebuilt.tolist() == list(range(10, 10 + n))
+    lengths.append(int(length))
   return np.array(lengths)
 
 
