@@ -1,7 +1,7 @@
 """Gin names of LM adaptation, registered when a gin file says
 `import prompt_tuning.methods.lm_adaptation.configurables`: `lm_adaptation.text_files_task`.
 The library modules themselves stay free of gin."""
-from typing import Mapping, Optional
+from typing import Mapping
 
 from prompt_tuning.engine import gin_utils
 from prompt_tuning.methods.lm_adaptation import preprocessors

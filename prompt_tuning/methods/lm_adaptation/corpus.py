@@ -5,7 +5,7 @@ continuation of a prefix is partly predictable: a model adapted on it has someth
 and its prefix-LM loss can fall. One document per line, several sentences each.
 """
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def document(rng: np.random.Generator) -> str:
   return " ".join(sentence(rng) for _ in range(int(rng.integers(2, 6))))
 
 
-def write(directory: str, documents: Dict[str, int] = None) -> Dict[str, str]:
+def write(directory: str, documents: Optional[Dict[str, int]] = None) -> Dict[str, str]:
   """Writes `<split>.txt` per split (`{split: number of documents}`); `{split: path}`."""
   documents = documents or SPLIT_DOCUMENTS
   os.makedirs(directory, exist_ok=True)
