@@ -28,7 +28,9 @@ or inputs. Two stages, a base trained from scratch and a prompt tuned on it froz
 
 Binding values that are strings are gin text, as on the command line (`"'smoke_skills'"` is a
 string, `'@optimizers.adam()'` a reference); numbers, lists and macros (`%STEPS`) are written
-as literals. The pipeline sets each run's folder itself (`MODEL_DIR`, `EVAL_OUTPUT_DIR`,
+as literals. A macro holding a string the user gave (`--gin.CKPT="'gs://b/ckpt'"`) is a Python
+string, not gin text: bind it as `@ckpt/literal()` with `ckpt/literal.value = %CKPT`, which
+writes it quoted (`--gin.INITIAL_CHECKPOINT_PATH='gs://b/ckpt'`; stages.Literal). The pipeline sets each run's folder itself (`MODEL_DIR`, `EVAL_OUTPUT_DIR`,
 `INFER_OUTPUT_DIR`): `<pipeline_dir>/<stage>/`. The outputs each kind makes are listed in
 `pipelines/stages.py` (`ENTRY_KINDS`); a Python step makes the outputs it declares.
 
@@ -52,7 +54,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 from prompt_tuning.engine import gin_utils
 from prompt_tuning.pipelines import plan as plan_lib
 from prompt_tuning.pipelines import runner as runner_lib
-from prompt_tuning.pipelines.stages import PipelineError, Stage, pipeline_step  # noqa: F401
+from prompt_tuning.pipelines.stages import Literal, PipelineError, Stage, pipeline_step  # noqa: F401
 
 CONFIG_FILE = "pipeline.gin"
 
@@ -92,10 +94,11 @@ def _parse_own_flags(argv: Sequence[str]):
 def _configured_pipeline(flags: gin_utils.Flags) -> PipelineSpec:
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
-  try:
-    gin.external_configurable(Stage, name="Stage", module="pipeline")
-  except ValueError:  # registered by an earlier call in this process
-    pass
+  for configurable, name in ((Stage, "Stage"), (Literal, "literal")):
+    try:
+      gin.external_configurable(configurable, name=name, module="pipeline")
+    except ValueError:  # registered by an earlier call in this process
+      pass
   configured = gin_utils.configurable_entry(pipeline, "pipeline")
   gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings,
                       gin_search_paths=flags.gin_search_paths)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from prompt_tuning.pipelines import placeholders
 from prompt_tuning.pipelines import stages as stages_lib
@@ -97,6 +97,15 @@ def _check_settings(stage: Stage) -> None:
   entry = stages_lib.ENTRY_KINDS.get(stage.kind)
   step = stages_lib.registered_step(stage.kind)
   where = f"Stage {stage.name!r} ({stage.kind})"
+  settings = [dict(d) for d in (stage.bindings, stage.inputs) if isinstance(d, Mapping)]
+  for setting, value in [item for d in settings for item in d.items()]:
+    doubled = [lit.value for lit in stages_lib.literals(value)
+               if stages_lib.quoted_twice(lit.value)]
+    if doubled:
+      raise PipelineError(
+          f"{where} sets {setting} to the string {doubled[0]} with its quotes, where a plain "
+          f"string belongs (literal() quotes it for the run); quote it once, as "
+          f"--gin.MACRO=\"{doubled[0]}\" on the command line.")
   if entry is None and step is None:
     known = list(stages_lib.ENTRY_KINDS) + list(stages_lib.registered_step_names())
     raise PipelineError(f"Stage {stage.name!r} has unknown kind {stage.kind!r}; expected one of "

@@ -40,8 +40,9 @@ def default_commands() -> Dict[str, List[str]]:
 
 
 def gin_text(value: Any) -> str:
-  """A binding value as command-line gin text: strings are gin already, the rest Python literals."""
-  return value if isinstance(value, str) else repr(value)
+  """A binding value as command-line gin text: strings are gin already, the rest (a `Literal`'s
+  value among them, a string included) Python literals."""
+  return value if isinstance(value, str) else repr(stages_lib.plain(value))
 
 
 def shell_word(arg: str) -> str:
@@ -164,10 +165,13 @@ class Runner:
     lookup = self._lookup(stage.name, dry_run)
     entry = stages_lib.ENTRY_KINDS.get(stage.kind)
     if entry is None:
-      return Resolved(stage, folder,
-                      inputs=placeholders.substitute(dict(stage.inputs), lookup, textual=False))
+      inputs = placeholders.substitute(dict(stage.inputs), lookup, textual=False)
+      return Resolved(stage, folder, inputs=stages_lib.plain(inputs))
     files = placeholders.substitute(list(stage.gin_files), lookup, textual=True)
-    bindings = {name: placeholders.substitute(gin_text(value), lookup, textual=True)
+    # Gin text is filled in as text; a Python value is filled in before `repr` quotes it.
+    bindings = {name: (placeholders.substitute(value, lookup, textual=True)
+                       if isinstance(value, str) else
+                       gin_text(placeholders.substitute(value, lookup, textual=True)))
                 for name, value in stage.bindings.items()}
     bindings.update({name: repr(folder) for name in entry.dir_bindings})
     gin_args = ([f"--gin_file={f}" for f in files]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 NAME = re.compile(r"^[A-Za-z_]\w*$")
 # Every stage's own folder, `<pipeline_dir>/<stage>`.
@@ -31,9 +31,13 @@ class Stage:
       `{name.output}` references.
     kind: 'train', 'eval', 'infer', or the name of a registered Python step.
     gin_files: entry-point stages: the gin files of the run, in command-line order.
-    bindings: entry-point stages: `{gin name: value}` added as `--gin.NAME=VALUE`; a string
-      value is gin text (string values keep their inner quotes, `"'/path'"`), any other value
-      is written as its Python literal.
+    bindings: entry-point stages: `{gin name: value}` added as `--gin.NAME=VALUE`. A string
+      value is gin text, as on the command line: `"'t5_1_1_base'"` is a string,
+      `'@optimizers.adam()'` a reference, `'None'` None. Any other value (a number, a list, a
+      dict, what a macro holds) is written as its Python literal. A string a macro holds (a
+      path the user gave as `--gin.CKPT="'gs://b/ckpt'"`) is a Python string, not gin text:
+      wrap it as `@ckpt/literal()` with `ckpt/literal.value = %CKPT` (a `Literal`) so it is
+      written quoted, `--gin.NAME='gs://b/ckpt'`.
     inputs: Python steps: the step function's keyword inputs.
     flags: entry-point stages: further command-line flags (e.g. `--host_cpu_devices=4`).
   """
@@ -44,6 +48,58 @@ class Stage:
   bindings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   flags: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Literal:
+  """A binding value written as its Python literal (`repr`), a string included.
+
+  A string binding value is gin text, so a Python string (what a macro holds once gin has
+  parsed the user's `--gin.LM_CHECKPOINT="'gs://b/ckpt'"`) would reach the run as
+  `--gin.NAME=gs://b/ckpt`, which gin cannot parse. A pipeline file marks such a value:
+
+    idpt/Stage.bindings = {'INITIAL_CHECKPOINT_PATH': @lm_checkpoint/literal(), ...}
+    lm_checkpoint/literal.value = %LM_CHECKPOINT
+
+  and the run gets `--gin.INITIAL_CHECKPOINT_PATH='gs://b/ckpt'`, quotes and escapes written
+  by `repr`, so any path reads back as itself. `{stage.output}` references inside the value
+  are filled in first (as text: `'{base.checkpoint}'` stays a string). A Literal in a Python
+  step's inputs, or inside a list or dict, is its value.
+  """
+
+  value: Any
+
+
+def plain(value: Any) -> Any:
+  """`value` with every Literal (also inside lists, tuples and dicts) replaced by its value."""
+  if isinstance(value, Literal):
+    return plain(value.value)
+  if isinstance(value, (list, tuple)):
+    return type(value)(plain(v) for v in value)
+  if isinstance(value, dict):
+    return {k: plain(v) for k, v in value.items()}
+  return value
+
+
+def literals(value: Any) -> List[Literal]:
+  """Every Literal in `value` (a Literal, or lists, tuples and dicts holding them)."""
+  if isinstance(value, Literal):
+    return [value]
+  if isinstance(value, (list, tuple)):
+    return [found for item in value for found in literals(item)]
+  if isinstance(value, dict):
+    return [found for item in value.values() for found in literals(item)]
+  return []
+
+
+def quoted_twice(value: Any) -> bool:
+  """A string wrapped in a pair of quotes: gin text where a plain string belongs.
+
+  A Literal holding `'/ckpt'` (the user quoted the path twice on the command line,
+  `--gin.CKPT="\"'/ckpt'\""`) would give the run the path `'/ckpt'`, quotes included.
+  """
+  return isinstance(value, str) and len(value) > 1 and value[0] == value[-1] and \
+      value[0] in "'\""
 
 
 @dataclasses.dataclass(frozen=True)

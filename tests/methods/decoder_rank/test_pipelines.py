@@ -23,7 +23,7 @@ PIPELINES = sorted(os.path.basename(p)
                    for p in glob.glob(os.path.join(METHOD_DIR, "decoder_rank_*.gin")))
 TINY = [p for p in PIPELINES if p.endswith("_tiny.gin")]
 PRESETS = [p for p in PIPELINES if p not in TINY]
-BASE = "--gin.BASE_CHECKPOINT=\"'/ckpts/hf_model'\""
+BASE = "--gin.BASE_CHECKPOINT='/ckpts/hf_model'"
 
 
 @pytest.fixture(autouse=True)

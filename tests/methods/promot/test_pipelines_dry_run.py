@@ -23,7 +23,7 @@ PIPELINES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(METHOD_DI
                    if os.path.basename(p) not in SHARED)
 XXL = ["--gin.MODEL_GIN='gin/models/mt5_xxl.gin'",
        "--gin.MESH_GIN='gin/methods/promot/mesh/mt5_xxl_v4_32.gin'",
-       "--gin.BASE_CHECKPOINT=\"'/ckpts/mt5_xxl/checkpoint_1000000'\""]
+       "--gin.BASE_CHECKPOINT='/ckpts/mt5_xxl/checkpoint_1000000'"]
 
 
 @pytest.fixture(autouse=True)

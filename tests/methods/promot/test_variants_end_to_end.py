@@ -44,7 +44,7 @@ def _run(name, base_checkpoint, tmp_path, stages, stage="evaluate"):
   try:
     done = pipeline_lib.main([f"--gin_file=gin/methods/promot/{name}.gin",
                               f"--pipeline_dir={folder}", f"--stages={','.join(stages)}",
-                              f"--gin.BASE_CHECKPOINT=\"'{base_checkpoint}'\""] + FAST)
+                              f"--gin.BASE_CHECKPOINT={base_checkpoint!r}"] + FAST)
   finally:
     os.chdir(cwd)
   with open(_outputs(folder, stage)["metrics"]) as f:

@@ -61,7 +61,7 @@ def _reference(value):
     ("gin/methods/reader/reader_tiny.gin", ()),
     ("gin/methods/reader/reader_t5_1_1_xxl.gin",
      ("TRAIN_FILE='/d/train.json'", "DEV_FILE='/d/dev.json'", "TEST_FILE='/d/test.json'",
-      "RERANKER_BASE=\"'/c/base'\"", "READER_BASE=\"'/c/xxl'\"")),
+      "RERANKER_BASE='/c/base'", "READER_BASE='/c/xxl'")),
 ])
 def test_each_scoring_stage_reads_a_reranker_trained_on_other_questions(gin_file, bindings):
   stages = _stages(gin_file, bindings)

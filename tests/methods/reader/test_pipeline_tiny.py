@@ -63,13 +63,26 @@ def test_the_xxl_pipeline_dry_run_uses_the_protocol_presets(capsys, tmp_path):
   pipeline.main(["--gin_file=gin/methods/reader/reader_t5_1_1_xxl.gin",
                  f"--pipeline_dir={tmp_path}", "--dry_run",
                  "--gin.TRAIN_FILE='/d/train.json'", "--gin.DEV_FILE='/d/dev.json'",
-                 "--gin.TEST_FILE='/d/test.json'", "--gin.RERANKER_BASE=\"'/c/base'\"",
-                 "--gin.READER_BASE=\"'/c/xxl'\""])
+                 "--gin.TEST_FILE='/d/test.json'", "--gin.RERANKER_BASE='/c/base'",
+                 "--gin.READER_BASE='/c/xxl'"])
   out = capsys.readouterr().out
   assert out.count("to run") == 12
   for flag in ("--gin.NUM_NEGATIVES=23", "--gin.TOP_K=100", "--gin.TRAIN_STEPS=30000",
                "--gin.BATCH_SIZE=16", "--gin.RERANKER_PRESET=\"'t5_1_1_base'\"",
+               "--gin.INITIAL_CHECKPOINT_PATH=\"'/c/base'\"",
+               "--gin.INITIAL_CHECKPOINT_PATH=\"'/c/xxl'\"",
                "--gin_file=gin/models/t5_1_1_lm100k_xxl.gin", "--gin.BATCH_SIZE=32",
                "--gin.READER_LR=0.1", "--gin_file=gin/partitioning/v4_32.gin"):
     assert flag in out, flag
   assert "input file = /d/dev.json" in out or "input file = '/d/dev.json'" in out
+
+
+def test_one_reranker_preset_reaches_its_training_and_its_scoring(capsys, tmp_path):
+  pipeline.main(["--gin_file=gin/methods/reader/reader_t5_1_1_xxl.gin",
+                 f"--pipeline_dir={tmp_path}", "--dry_run",
+                 "--gin.TRAIN_FILE='/d/train.json'", "--gin.DEV_FILE='/d/dev.json'",
+                 "--gin.TEST_FILE='/d/test.json'", "--gin.RERANKER_BASE='/c/large'",
+                 "--gin.READER_BASE='/c/xxl'", "--gin.RERANKER_PRESET='t5_1_1_large'"])
+  out = capsys.readouterr().out
+  assert out.count("--gin.RERANKER_PRESET=\"'t5_1_1_large'\"") == 3  # rerank_a, _b, _all
+  assert out.count("input preset = 't5_1_1_large'") == 4  # score_a, _b, _dev, _test

@@ -1,0 +1,172 @@
+"""Every pipeline under gin/methods passes user-given strings to its runs as gin strings.
+
+A string binding value is gin text, so a path a macro holds (`--gin.LM_CHECKPOINT="'gs://..'"`
+parses to the Python string `gs://..`) must be bound through `literal()` to reach the run
+quoted. Each pipeline is dry-run with every required macro set to an awkward path (a quote and
+a space in it), and every `--gin.NAME=VALUE` of every run is parsed back with gin: each must
+parse, and each string in it that holds a given path must hold exactly that path.
+"""
+import glob
+import os
+import re
+import shlex
+
+import gin
+import pytest
+from gin import config_parser
+
+from prompt_tuning import pipeline as pipeline_lib
+from prompt_tuning.engine import gin_utils
+from prompt_tuning.pipelines import outputs
+from prompt_tuning.pipelines import plan as plan_lib
+from prompt_tuning.pipelines import runner as runner_lib
+from prompt_tuning.pipelines.stages import PipelineError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GCS = "gs://bucket/ckpt/checkpoint_1100000"
+LOCAL = "/ckpts/o'brien run/checkpoint_1100000"  # a quote and a space: repr must escape them
+AWKWARD = "gs://bucket/o'brien run"  # each required macro gets <AWKWARD>/<MACRO>
+_REQUIRED = re.compile(r"Gin macro (\w+) is required but not set")
+_INCLUDE = re.compile(r"^include '([^']+)'", re.M)
+_STAGES = re.compile(r"^pipeline\.stages\s*=", re.M)
+_DIRECTORY = re.compile(r"^pipeline\.directory\s*=", re.M)
+
+
+def _pipelines():
+  """Every gin file under gin/methods that lists stages (itself or through its includes), less
+  the shared pieces: a file another one includes is a pipeline only if it sets its own
+  `pipeline.directory` (the presets' shared stage files leave macros such as MODEL_GIN or a
+  list of gin files to the files that include them)."""
+  texts = {}
+  for found in glob.glob(os.path.join(ROOT, "gin", "methods", "**", "*.gin"), recursive=True):
+    with open(found) as f:
+      texts[os.path.relpath(found, ROOT)] = f.read()
+
+  def lists_stages(path, seen=()):
+    text = texts.get(path) or open(os.path.join(ROOT, path)).read()
+    return bool(_STAGES.search(text)) or any(
+        lists_stages(child, seen + (path,)) for child in _INCLUDE.findall(text)
+        if child not in seen)
+  included = {child for text in texts.values() for child in _INCLUDE.findall(text)}
+  return sorted(p for p, text in texts.items() if lists_stages(p) and (
+      p not in included or _DIRECTORY.search(text)))
+
+
+PIPELINES = _pipelines()
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+  monkeypatch.chdir(ROOT)
+
+
+def _runner(argv):
+  # pylint: disable=protected-access
+  own, rest = pipeline_lib._parse_own_flags(argv)
+  flags = gin_utils.parse_flags(rest, prog="test", description="test")
+  spec = pipeline_lib._configured_pipeline(flags)
+  pipeline_lib._import_step_modules(spec.step_modules)
+  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
+  return runner_lib.Runner(plan)
+
+
+def _with_required(name, tmp_path, path):
+  """The runner of pipeline `name` with each required macro set to `path/<MACRO>`, and those
+  values `{macro: value}`."""
+  given = {}
+  while True:
+    argv = [f"--gin_file={name}", f"--pipeline_dir={tmp_path / 'pipe'}"] + [
+        f"--gin.{macro}={value!r}" for macro, value in given.items()]
+    try:
+      return _runner(argv), given, argv
+    except (ValueError, PipelineError) as error:  # gin's ConfigError is a ValueError
+      missing = _REQUIRED.search(str(error))
+      if not missing or missing.group(1) in given:
+        raise
+      given[missing.group(1)] = f"{path}/{missing.group(1)}"
+
+
+def _parsed(text):
+  """A command-line binding value as gin parses it (configurables need not be registered)."""
+  return config_parser.ConfigParser(text, gin.config.ParserDelegate(skip_unknown=True)) \
+      .parse_value()
+
+
+def _strings(value):
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, (list, tuple)):
+    for item in value:
+      yield from _strings(item)
+  elif isinstance(value, dict):
+    for key, item in value.items():
+      yield from _strings(key)
+      yield from _strings(item)
+
+
+def _bindings(args):
+  return dict(a[len("--gin."):].split("=", 1) for a in args if a.startswith("--gin."))
+
+
+def test_the_pipelines_of_every_method_are_found():
+  folders = {p.split(os.sep)[2] for p in PIPELINES}
+  assert {"idpt", "promot", "decoder_rank", "reader", "lm_adaptation", "ensemble"} <= folders
+  assert {"gin/methods/idpt/idpt_t5_1_1_xxl.gin", "gin/methods/reader/reader_t5_1_1_xxl.gin",
+          "gin/methods/lm_adaptation/lm_adaptation_t5_1_1_xxl_10k.gin",
+          "gin/methods/promot/promot_pretrained_rte_mt5_xxl.gin",
+          "gin/methods/decoder_rank/decoder_rank_llama3_1_8b_v5e_16.gin"} <= set(PIPELINES)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_binding_parses_and_carries_the_given_paths(name, tmp_path):
+  path = AWKWARD
+  runner, given, _ = _with_required(name, tmp_path, path)
+  reached = set()
+  for stage in runner.plan.stages:
+    resolved = runner.resolve(stage, dry_run=True)
+    if resolved.args is None:  # a Python step gets the values themselves
+      reached |= {m for m, v in given.items() for s in _strings(resolved.inputs) if v in s}
+      continue
+    reached |= {m for m, v in given.items() for a in resolved.args
+                if a.startswith("--gin_file=") and v in a}
+    for binding, text in _bindings(resolved.args).items():
+      # The step a run will reach is not known before it ran; any number stands in for it.
+      text = re.sub(rf"(?<![\w/]){re.escape(outputs.STEP)}(?![\w/])", "1000", text)
+      try:
+        value = _parsed(text)
+      except (SyntaxError, ValueError) as error:
+        pytest.fail(f"{name}: stage {stage.name!r} binds {binding}={text}, which gin cannot "
+                    f"parse ({error})")
+      for string in _strings(value):
+        carried = {macro for macro, expected in given.items() if expected in string}
+        assert carried or path not in string, \
+            f"{name}: stage {stage.name!r} binds {binding} to {string!r}, a given path mangled"
+        reached |= carried
+  assert reached == set(given), f"{name}: {sorted(set(given) - reached)} reached no stage"
+
+
+def test_the_idpt_xxl_preset_quotes_its_checkpoints(tmp_path):
+  """The printed command and the recorded arguments carry the checkpoints as gin strings."""
+  for lm, encoder in [(GCS, "gs://bucket/base/checkpoint_1000000"), (LOCAL, "/ckpts/base")]:
+    argv = ["--gin_file=gin/methods/idpt/idpt_t5_1_1_xxl.gin",
+            f"--pipeline_dir={tmp_path / 'pipe'}", f"--gin.LM_CHECKPOINT={lm!r}",
+            f"--gin.ENCODER_CHECKPOINT={encoder!r}"]
+    lines = []
+    assert pipeline_lib.main(argv + ["--dry_run"], say=lines.append) == {}
+    said = "\n".join(lines)
+    if lm == GCS:  # as the docs write a gin string on a command line
+      assert f"--gin.INITIAL_CHECKPOINT_PATH=\"'{GCS}'\" \\\n" in said
+    words = shlex.split(said.replace("\\\n", " "))
+    printed = [w for w in words if w.startswith("--gin.INITIAL_CHECKPOINT_PATH=")]
+    # idpt, idpt_eval, baseline, baseline_eval
+    assert printed == [f"--gin.INITIAL_CHECKPOINT_PATH={lm!r}"] * 4
+    assert {_parsed(w.split("=", 1)[1]) for w in printed} == {lm}
+    encoders = [w for w in words if w.startswith("--gin.ENCODER_CHECKPOINT_PATH=")]
+    assert [_parsed(w.split("=", 1)[1]) for w in encoders] == [encoder] * 2
+    assert f"input encoder_checkpoint = {encoder!r}" in said  # the distance step: the path
+    runner = _runner(argv)
+    for stage in runner.plan.stages:
+      if stage.kind == "train":
+        bindings = _bindings(runner.resolve(stage).args)  # what the run gets and records
+        assert _parsed(bindings["INITIAL_CHECKPOINT_PATH"]) == lm
+        assert _parsed(bindings["TASK_MODULE"]) == "prompt_tuning.methods.idpt.p3_tasks"
