@@ -7,9 +7,11 @@ a space in it), and every `--gin.NAME=VALUE` of every run is parsed back with gi
 parse, and each string in it that holds a given path must hold exactly that path.
 """
 import glob
+import json
 import os
 import re
 import shlex
+import textwrap
 
 import gin
 import pytest
@@ -20,7 +22,7 @@ from prompt_tuning.engine import gin_utils
 from prompt_tuning.pipelines import outputs
 from prompt_tuning.pipelines import plan as plan_lib
 from prompt_tuning.pipelines import runner as runner_lib
-from prompt_tuning.pipelines.stages import PipelineError
+from prompt_tuning.pipelines.stages import Literal, PipelineError, Stage, pipeline_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GCS = "gs://bucket/ckpt/checkpoint_1100000"
@@ -170,3 +172,82 @@ def test_the_idpt_xxl_preset_quotes_its_checkpoints(tmp_path):
         bindings = _bindings(runner.resolve(stage).args)  # what the run gets and records
         assert _parsed(bindings["INITIAL_CHECKPOINT_PATH"]) == lm
         assert _parsed(bindings["TASK_MODULE"]) == "prompt_tuning.methods.idpt.p3_tasks"
+
+
+# -- the mechanism ---------------------------------------------------------------------------
+
+@pipeline_step("test_literal_echo", outputs=("got",))
+def _echo(*, stage_dir, value):
+  del stage_dir
+  return {"got": value}
+
+
+def _resolved(tmp_path, stages, name):
+  runner = runner_lib.Runner(plan_lib.make_plan(stages, directory=str(tmp_path)))
+  return runner.resolve(next(s for s in stages if s.name == name), dry_run=True)
+
+
+@pytest.mark.parametrize("value", [
+    GCS, LOCAL, 'say "hi" it\'s', "back\\slash\\", "ünïcode/пути", "None", "", 12, 1e-6, None,
+    ["a b", "c'd"], {"inputs": 16, "path": "/x y"}])
+def test_a_literal_reaches_the_run_as_the_same_value(value, tmp_path):
+  stage = Stage(name="s", kind="train", gin_files=["m.gin"], bindings={"X": Literal(value)})
+  text = _bindings(_resolved(tmp_path, [stage], "s").args)["X"]
+  assert _parsed(text) == value
+  # The printed command line splits back into the same argument.
+  assert shlex.split(runner_lib.shell_word(f"--gin.X={text}")) == [f"--gin.X={text}"]
+
+
+def test_gin_text_bindings_are_written_as_they_are(tmp_path):
+  bindings = {"A": "'t5_1_1_base'", "B": "@optimizers.adamw()", "C": "None", "D": 3,
+              "E": "%MACRO", "F": ["gin/x.gin"], "G": Literal(["@not_a_reference()"])}
+  got = _bindings(_resolved(tmp_path, [Stage(name="s", kind="train", gin_files=["m.gin"],
+                                             bindings=bindings)], "s").args)
+  assert {k: got[k] for k in bindings} == {
+      "A": "'t5_1_1_base'", "B": "@optimizers.adamw()", "C": "None", "D": "3", "E": "%MACRO",
+      "F": "['gin/x.gin']", "G": "['@not_a_reference()']"}
+
+
+def test_references_inside_a_literal_are_filled_before_it_is_quoted(tmp_path):
+  base = Stage(name="base", kind="train", gin_files=["m.gin"])
+  tuned = Stage(name="tuned", kind="train", gin_files=["m.gin"],
+                bindings={"INITIAL_CHECKPOINT_PATH": Literal("{base.checkpoint}"),
+                          "STEP_TEXT": Literal("step {base.step}")})
+  step = Stage(name="echo", kind="test_literal_echo",
+               inputs={"value": Literal("{base.checkpoint}")})
+  # A finished base whose checkpoint path holds a quote and a space.
+  folder = tmp_path / "base"
+  folder.mkdir()
+  checkpoint = "/runs/o'brien base/checkpoints/7"
+  (folder / runner_lib.RECORD_FILE).write_text(json.dumps(
+      {"outputs": {"checkpoint": checkpoint, "step": 7}}))
+  got = _bindings(_resolved(tmp_path, [base, tuned, step], "tuned").args)
+  assert _parsed(got["INITIAL_CHECKPOINT_PATH"]) == checkpoint
+  assert _parsed(got["STEP_TEXT"]) == "step 7"
+  assert _resolved(tmp_path, [base, tuned, step], "echo").inputs == {"value": checkpoint}
+
+
+def test_a_pipeline_file_binds_a_macro_through_literal(tmp_path):
+  """The gin spelling, and a path quoted twice (gin text where a path belongs) refused."""
+  (tmp_path / "p.gin").write_text(textwrap.dedent("""\
+      CKPT = %gin.REQUIRED
+      pipeline.stages = [@run/Stage(), @echo/Stage()]
+      run/Stage.name = 'run'
+      run/Stage.kind = 'train'
+      run/Stage.gin_files = ['m.gin']
+      run/Stage.bindings = {'INITIAL_CHECKPOINT_PATH': @ckpt/literal(), 'A': "'text'"}
+      ckpt/literal.value = %CKPT
+      echo/Stage.name = 'echo'
+      echo/Stage.kind = 'test_literal_echo'
+      echo/Stage.inputs = {'value': @ckpt/literal()}
+      """))
+  argv = [f"--gin_file={tmp_path / 'p.gin'}", f"--pipeline_dir={tmp_path / 'pipe'}"]
+  runner = _runner(argv + [f"--gin.CKPT={GCS!r}"])
+  run, echo = runner.plan.stages
+  assert _parsed(_bindings(runner.resolve(run).args)["INITIAL_CHECKPOINT_PATH"]) == GCS
+  assert _bindings(runner.resolve(run).args)["A"] == "'text'"
+  assert runner.resolve(echo).inputs == {"value": GCS}
+  with pytest.raises(PipelineError, match=(
+      r"^Stage 'run' \(train\) sets INITIAL_CHECKPOINT_PATH to the string '/ckpt' with its "
+      r"quotes, where a plain string belongs .*--gin.MACRO=\"'/ckpt'\"")):
+    _runner(argv + ["--gin.CKPT=\"'/ckpt'\""])

@@ -15,8 +15,8 @@ def promot_eval(*, stage_dir: str, model_gin_files: Sequence[str],
                 prompt_gin_files: Sequence[str] = (), base_checkpoint: Optional[str] = None,
                 bindings: Optional[Mapping[str, Any]] = None, flags: Sequence[str] = ()):
   """One stage-2 step evaluated twice: the target task with its prompt, the rest without
-  (`evaluation.evaluate_both`); `run_dir=None` evaluates `base_checkpoint` instead (a path, or
-  the gin text `'path'` of a pipeline's BASE_CHECKPOINT macro)."""
+  (`evaluation.evaluate_both`); `run_dir=None` evaluates `base_checkpoint` instead (a path;
+  one in quotes, as BASE_CHECKPOINT macros once held gin text `'path'`, is unquoted)."""
   if base_checkpoint is not None and len(base_checkpoint) > 1 and \
       base_checkpoint[0] == base_checkpoint[-1] and base_checkpoint[0] in "'\"":
     base_checkpoint = base_checkpoint[1:-1]
