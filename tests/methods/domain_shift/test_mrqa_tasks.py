@@ -7,7 +7,7 @@ from prompt_tuning.data import testing
 
 testing.use_fixture_vocabulary()  # before `tasks` registers anything (no network)
 
-from prompt_tuning.methods.domain_shift import eval_tasks  # noqa: E402  pylint: disable=g-import-not-at-top
+from prompt_tuning.methods.domain_shift import eval_tasks  # noqa: E402
 from tasks import mrqa  # noqa: E402  pylint: disable=g-import-not-at-top
 
 LENGTHS = {"inputs": 128, "targets": 16}
