@@ -7,6 +7,7 @@ when that variable is set. See README.md in this folder for the names.
 from tasks import fewshot
 from tasks import glue
 from tasks import lm_adaptation
+from tasks import mrqa
 from tasks import natural_questions
 from tasks import p3
 from tasks import spot

@@ -1,0 +1,2 @@
+"""Domain shift: prompt tuning against model tuning, trained in one domain, evaluated zero-shot
+in others (see README.md)."""
