@@ -30,8 +30,9 @@ Binding values that are strings are gin text, as on the command line (`"'smoke_s
 string, `'@optimizers.adam()'` a reference); numbers, lists and macros (`%STEPS`) are written
 as literals. A macro holding a string the user gave (`--gin.CKPT="'gs://b/ckpt'"`) is a Python
 string, not gin text: bind it as `@ckpt/literal()` with `ckpt/literal.value = %CKPT`, which
-writes it quoted (`--gin.INITIAL_CHECKPOINT_PATH='gs://b/ckpt'`; stages.Literal). The pipeline sets each run's folder itself (`MODEL_DIR`, `EVAL_OUTPUT_DIR`,
-`INFER_OUTPUT_DIR`): `<pipeline_dir>/<stage>/`. The outputs each kind makes are listed in
+writes it quoted (`--gin.INITIAL_CHECKPOINT_PATH='gs://b/ckpt'`; stages.Literal). The pipeline
+sets each run's folder itself (`MODEL_DIR`, `EVAL_OUTPUT_DIR`, `INFER_OUTPUT_DIR`):
+`<pipeline_dir>/<stage>/`. The outputs each kind makes are listed in
 `pipelines/stages.py` (`ENTRY_KINDS`); a Python step makes the outputs it declares.
 
 Each stage's folder keeps its run (checkpoints, metrics, `config.gin`) and, once it finished,
@@ -54,7 +55,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 from prompt_tuning.engine import gin_utils
 from prompt_tuning.pipelines import plan as plan_lib
 from prompt_tuning.pipelines import runner as runner_lib
-from prompt_tuning.pipelines.stages import Literal, PipelineError, Stage, pipeline_step  # noqa: F401
+from prompt_tuning.pipelines.stages import (  # noqa: F401
+    Literal, PipelineError, Stage, pipeline_step)
 
 CONFIG_FILE = "pipeline.gin"
 

@@ -1,8 +1,8 @@
 """`{stage.output}` references: where a stage reads an earlier stage's outputs.
 
 A reference may stand anywhere inside a binding value, a gin-file name, a flag or a Python
-step's input (strings, and strings inside lists, dicts and `Literal`s). Gin's own braces (dict literals like
-`{'inputs': 16}`) never match: a reference is exactly `{identifier.identifier}`.
+step's input (strings, and strings inside lists, dicts and `Literal`s). Gin's own braces (dict
+literals like `{'inputs': 16}`) never match: a reference is exactly `{identifier.identifier}`.
 """
 from __future__ import annotations
 
