@@ -175,6 +175,12 @@ def steps_to(curve: Sequence[Tuple[int, float]], threshold: float) -> Optional[i
   return next((step for step, value in curve if value >= threshold), None)
 
 
+def sooner(steps: Optional[int], other: Optional[int]) -> bool:
+  """Whether a run that reached the threshold at `steps` (None: never) did so before `other`."""
+  never = lambda step: float("inf") if step is None else step  # step 0 counts as reached
+  return never(steps) < never(other)
+
+
 def mean_accuracy(curve: Sequence[Tuple[int, float]]) -> float:
   """The mean accuracy over the evaluations after step 0 (an area under the curve)."""
   return float(np.mean([value for step, value in curve if step > 0]))
@@ -292,8 +298,8 @@ def run(*, work_dir: Optional[str] = None, base_steps: int = 800, source_steps: 
       say(f"    {label:<18} " + " ".join(f"{v:5.1f}" for _, v in curve) +
           f"   -> {reached if reached is not None else 'not reached'}")
   related_faster = sum(
-      1 for s in rows if (summary["steps_to_threshold"][(s, f"from {s}_a")] or 10 ** 9) <
-      (summary["steps_to_threshold"][(s, "sampled vocabulary")] or 10 ** 9))
+      1 for s in rows if sooner(summary["steps_to_threshold"][(s, f"from {s}_a")],
+                                summary["steps_to_threshold"][(s, "sampled vocabulary")]))
   say(f"  related source reaches {threshold:.0f}% in fewer steps for {related_faster} of "
       f"{len(rows)} targets")
   summary["related_faster"] = related_faster

@@ -43,6 +43,8 @@ def test_demo_prints_similarity_curves_and_spearman(tmp_path, monkeypatch, capsy
 def test_steps_to_threshold_and_seed_similarity():
   assert demo.steps_to([(0, 10.0), (10, 55.0), (20, 61.0)], 60.0) == 20
   assert demo.steps_to([(0, 10.0)], 60.0) is None
+  assert demo.sooner(0, 20) and demo.sooner(70, None) and not demo.sooner(None, None)
+  assert not demo.sooner(80, 30)
   names = ["a/seed0", "a/seed1", "b/seed0"]
   matrix = np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.4], [0.2, 0.4, 1.0]])
   assert demo.seed_similarity(names, matrix) == pytest.approx((0.8, 0.3))
