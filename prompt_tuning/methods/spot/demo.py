@@ -75,11 +75,13 @@ class PromptTrainer:
 
   def __init__(self, base_checkpoint: str):
     import gin  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-    from prompt_tuning.engine import data, gin_utils, optimizers, params  # pylint: disable=g-import-not-at-top
-    from prompt_tuning.engine import partitioning, run_setup, train_state  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (JAX and the engine load only when a demo runs)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from prompt_tuning.engine import data, gin_utils, optimizers, params
+    from prompt_tuning.engine import partitioning, run_setup, train_state
+    # pylint: enable=g-import-not-at-top
     gin.clear_config()
     gin_utils.register_configurables()
     gin_utils.parse_gin(gin_files=[MODEL_GIN, "gin/prompts/random_uniform.gin"],
@@ -110,7 +112,9 @@ class PromptTrainer:
 
     def accuracy(prompt, frozen, batch):
       merged = train_state.merge_params(trainable=self._wrap(prompt), frozen=frozen)
-      logits, targets, _ = model._logits(merged, batch, dropout_rng=None)  # pylint: disable=protected-access
+      # The teacher-forced logits; the wrapper's public methods return only scores.
+      logits, targets, _ = model._logits(  # pylint: disable=protected-access
+          merged, batch, dropout_rng=None)
       return jnp.mean(jnp.argmax(logits[:, 0, :], axis=-1) == targets[:, 0])
 
     self._step, self._accuracy = jax.jit(step), jax.jit(accuracy)

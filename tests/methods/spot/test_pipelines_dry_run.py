@@ -40,10 +40,11 @@ def _argv(name, tmp_path, extra=()):
 
 def _runner(name, tmp_path, extra=()):
   """The pipeline's plan and runner, as `python -m prompt_tuning.pipeline` builds them."""
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
   flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
-  pipeline_lib._import_step_modules(spec.step_modules)  # pylint: disable=protected-access
+  spec = pipeline_lib._configured_pipeline(flags)
+  pipeline_lib._import_step_modules(spec.step_modules)
   plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
   return runner_lib.Runner(plan)
 
