@@ -11,6 +11,7 @@ report is the run's best validation score.
 """
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -55,8 +56,9 @@ def _outputs(folder, stage):
 
 
 def _config(folder, stage):
+  """The run's operative config, with gin's wrapped lines (`NAME = \\` + value) joined."""
   with open(os.path.join(folder, stage, "config.gin")) as f:
-    return f.read()
+    return re.sub(r"\\\n\s*", "", f.read())
 
 
 def test_retrieval_ranks_the_library_by_key_prompt_similarity(folder):
