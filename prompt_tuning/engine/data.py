@@ -60,13 +60,19 @@ class DatasetConfig:
 
 def get_mixture_or_task(config: DatasetConfig):
   """The registered task or mixture, after importing `config.module`."""
+  module = None
   if config.module:
     try:
-      importlib.import_module(config.module)
+      module = importlib.import_module(config.module)
     except ImportError as error:
       raise ValueError(f"Cannot import task module {config.module!r}: {error}.") from None
   name = config.mixture_or_task_name
   if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    # A task module may know why one of its tasks is missing (e.g. an unset tokenizer).
+    explain = getattr(module, "unregistered_task_message", None)
+    message = explain(name) if callable(explain) else None
+    if message:
+      raise ValueError(message)
     raise ValueError(
         f"Unknown SeqIO task or mixture {name!r}; register it (e.g. set the dataset config's "
         "module to the Python module that registers it) before training.")
