@@ -9,7 +9,8 @@ index: a run that stopped after consuming `data_position` batches continues with
 Feature converters follow the model: an encoder-decoder reads `encoder_input_tokens` and
 `decoder_*` features (`seqio.EncDecFeatureConverter`); a decoder-only model reads the inputs and
 targets concatenated, with `decoder_causal_attention` marking the inputs
-(`seqio.PrefixLMFeatureConverter`). Packing is not supported by the model wrappers.
+(`seqio.PrefixLMFeatureConverter`, or `sequence_start.StartTokenPrefixLMConverter` for models
+with their own BOS). Packing is not supported by the model wrappers.
 """
 from __future__ import annotations
 

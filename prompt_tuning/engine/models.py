@@ -13,7 +13,9 @@ Batches are dicts of `[B, ...]` arrays with the feature converters' names:
   decoder-only:    `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`
                    (`[B, T]`) and `decoder_causal_attention [B, T]`, 1 on the inputs part
                    (start token included), which prediction uses as the prompt and which a
-                   prefix-LM also uses as its bidirectional prefix.
+                   prefix-LM also uses as its bidirectional prefix. The start token is 0 for
+                   the T5-style decoder (seqio's layout) and the model's BOS (or none) for
+                   the rotary families (`prompt_tuning.data.sequence_start`).
 Per-example side inputs for the input hook (e.g. `prompt_ids [B]` for a prompt table, `[B, L]`
 token ids for a prompt generator) are declared as `HookInput`s, by the hook itself or by the
 wrapper's `hook_inputs` argument, and routed from the batch by name, in their declared shape.
