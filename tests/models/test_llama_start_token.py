@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import seqio
 import tensorflow as tf
 
 from prompt_tuning.data import sequence_start
