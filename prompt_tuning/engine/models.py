@@ -425,12 +425,16 @@ class EncoderDecoderModel(BaseModel):
         hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
     return logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
 
+  def _encode(self, params, batch):
+    """`(encoded [B, L', E], mask [B, L'])` the decoder attends to while searching (a wrapper
+    with another encoder side overrides this alone)."""
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             hook_inputs=self._hook_inputs(batch), method="encode")
+
   def _search(self, params, batch, decoder_params, rng, length):
     """Encodes once, caches the decoder, and searches from the start token 0."""
     self._require(batch, "encoder_input_tokens")
-    encoded, mask = self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"],
-        hook_inputs=self._hook_inputs(batch), method="encode")
+    encoded, mask = self._encode(params, batch)
     cache = init_decoder_cache(self.module, params, encoded, mask, length)
     # Rows of the search are example-major copies: b * N + n (see `decoding.repeat_batch`).
     copies = decoder_params.num_decodes
