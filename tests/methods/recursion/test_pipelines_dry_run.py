@@ -1,5 +1,6 @@
 """Every recursion pipeline dry-runs (TPU presets included), and its train stages' gin resolves
 to the paper's settings (each stage's files and bindings parsed as its run would)."""
+# pylint: disable=protected-access
 import glob
 import os
 
@@ -37,10 +38,10 @@ def _argv(name, tmp_path, extra=()):
 
 
 def _stages(name, tmp_path, extra=()):
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))  # pylint: disable=protected-access
+  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
   flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
-  pipeline_lib._import_step_modules(spec.step_modules)  # pylint: disable=protected-access
+  spec = pipeline_lib._configured_pipeline(flags)
+  pipeline_lib._import_step_modules(spec.step_modules)
   runner = runner_lib.Runner(plan_lib.make_plan(spec.stages, directory=own.pipeline_dir,
                                                 selected=[]))
   return {s.name: runner.resolve(s, dry_run=True) for s in runner.plan.stages}
