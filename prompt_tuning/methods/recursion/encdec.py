@@ -97,11 +97,14 @@ class EncoderConnectorModel(EncoderDecoderModel):
     model_params, connector_params = self.split_params(params)
     mask = (tokens > 0).astype(jnp.int32)
     if self.mode == "lm_c_lm":
+      # Each pass draws its own dropout masks (the two passes share module paths).
+      second_kwargs = self._dropout_kwargs(
+          None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1))
       states = self.pass_one(model_params, tokens, hook_inputs, dropout_kwargs)
       connected = self._connect(connector_params, states, mask, dropout_kwargs)
       return self.bare_model.apply({"params": model_params}, None,
                                    encoder_input_embeddings=connected, encoder_mask=mask,
-                                   method="encode", **dropout_kwargs)
+                                   method="encode", **second_kwargs)
     if self.mode == "c_lm":
       embedded = self.module.apply({"params": model_params}, tokens,
                                    method=lambda m, t: m.token_embedder(t))
