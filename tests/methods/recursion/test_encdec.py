@@ -96,6 +96,7 @@ def test_a_zero_gate_connector_makes_single_pass_baselines_the_plain_model(mode)
   np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_moves_only_the_connector_and_leaves_the_model_bit_identical():
   model = make(hook=True, num_layers=2)
   params = params_of(model, seed=2)
@@ -171,6 +172,7 @@ def greedy_by_rerunning(model, params, length):
   return np.array(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lm_c_lm", "lm_c"])
 def test_cached_decoding_equals_rerunning_the_whole_model(mode):
   model = make(mode, hook=True, num_layers=2)
