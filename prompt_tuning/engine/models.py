@@ -428,12 +428,16 @@ class EncoderDecoderModel(BaseModel):
         hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
     return logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
 
+  def _encode(self, params, batch):
+    """`(encoded [B, L', E], mask [B, L'])` the decoder attends to while searching (a wrapper
+    with another encoder side overrides this alone)."""
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             hook_inputs=self._hook_inputs(batch), method="encode")
+
   def _search(self, params, batch, decoder_params, rng, length):
     """Encodes once, caches the decoder, and searches from the start token 0."""
     self._require(batch, "encoder_input_tokens")
-    encoded, mask = self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"],
-        hook_inputs=self._hook_inputs(batch), method="encode")
+    encoded, mask = self._encode(params, batch)
     cache = init_decoder_cache(self.module, params, encoded, mask, length)
     # Rows of the search are example-major copies: b * N + n (see `decoding.repeat_batch`).
     copies = decoder_params.num_decodes
@@ -545,12 +549,8 @@ class DecoderOnlyModel(BaseModel):
             jnp.where(inserted, 0, gather(weights)))
 
   def _search(self, params, batch, decoder_params, rng, length):
-    """Prefills the prompt (the causal-attention part) and continues for `length` tokens.
-
-    The prefill runs the hook and returns the logits for the first new token at each
-    example's last real slot; the search's first step reads those instead of calling the
-    model, so every later step feeds one generated token.
-    """
+    """Prefills the prompt (the causal-attention part) and continues for `length` tokens
+    (`_search_after_prefill`); the prefill runs the hook."""
     self._require(batch, "decoder_input_tokens", "decoder_causal_attention")
     prompt_mask = batch["decoder_causal_attention"].astype(jnp.int32)
     tokens = batch["decoder_input_tokens"] * prompt_mask
@@ -565,6 +565,15 @@ class DecoderOnlyModel(BaseModel):
     out, variables = self.module.apply(
         {"params": params, "cache": cache}, tokens, decode=True, prefill=True,
         mutable=["cache"], **apply_kwargs)
+    return self._search_after_prefill(self.module, params, out, variables["cache"],
+                                      decoder_params, rng, length)
+
+  def _search_after_prefill(self, module, params, out, cache, decoder_params, rng, length):
+    """The search that follows a prefill call of `module` (`out`, its filled `cache`).
+
+    The first step reads the prefill's logits at each example's last real slot instead of
+    calling the model; every later step feeds one generated token through the cache.
+    """
     slots = out.inputs.mask.shape[1]
     last_real = slots - 1 - jnp.argmax(out.inputs.mask[:, ::-1] > 0, axis=1)
     first_logits = jnp.take_along_axis(out.logits, last_real[:, None, None], axis=1)[:, 0]
@@ -574,7 +583,7 @@ class DecoderOnlyModel(BaseModel):
         return state.cache["first_logits"], state.cache["model"]
 
       def step(_):
-        out, variables = self.module.apply(
+        out, variables = module.apply(
             {"params": params, "cache": state.cache["model"]}, state.cur_token, decode=True,
             mutable=["cache"])
         return out.logits[:, 0], variables["cache"]
@@ -582,6 +591,6 @@ class DecoderOnlyModel(BaseModel):
       logits, model_cache = lax.cond(state.cur_index == 0, prefilled, step, None)
       return logits, {"model": model_cache, "first_logits": state.cache["first_logits"]}
 
-    search_cache = {"model": variables["cache"], "first_logits": first_logits}
-    inputs = jnp.zeros((batch_size, length), jnp.int32)
+    search_cache = {"model": cache, "first_logits": first_logits}
+    inputs = jnp.zeros((out.logits.shape[0], length), jnp.int32)
     return self._run_search(inputs, search_cache, tokens_to_logits, decoder_params, rng)
