@@ -72,7 +72,7 @@ def tokenizer_json(tmp_path_factory):
 
 def _stage_args(tmp_path, extra=()):
   argv = [f"--gin_file={PRESET}", f"--pipeline_dir={tmp_path}",
-          "--gin.BASE_CHECKPOINT=\"'/ckpts/hf_model'\"", *extra]
+          "--gin.BASE_CHECKPOINT='/ckpts/hf_model'", *extra]
   # pylint: disable-next=protected-access
   own, rest = pipeline_lib._parse_own_flags(argv)
   flags = gin_utils.parse_flags(rest, prog="test", description="test")
@@ -97,7 +97,7 @@ def _dataset_config(name):
 
 
 def test_gin_setting_registers_the_tasks_in_both_stages(tokenizer_json, tmp_path):
-  binding = f"--gin.LM_TOKENIZER=\"'{tokenizer_json}'\""
+  binding = f"--gin.LM_TOKENIZER='{tokenizer_json}'"
   stages = _stage_args(tmp_path, [binding])
   for name in ("prompt", "rank_eval"):
     _parse(stages[name])
@@ -132,7 +132,7 @@ def test_neither_setting_stops_with_one_sentence_naming_both(tmp_path):
 
 
 def test_a_missing_or_changed_tokenizer_is_refused(tokenizer_json, tmp_path):
-  stages = _stage_args(tmp_path, ["--gin.LM_TOKENIZER=\"'/nowhere/tokenizer.json'\""])
+  stages = _stage_args(tmp_path, ["--gin.LM_TOKENIZER='/nowhere/tokenizer.json'"])
   _parse(stages["prompt"])
   with pytest.raises(FileNotFoundError, match="LM_TOKENIZER=/nowhere/tokenizer.json does not"):
     gin.query_parameter("train.train_dataset_cfg").scoped_configurable_fn()
