@@ -60,7 +60,7 @@ PIPELINES = _pipelines()
 # there still binds the user's BASE_CHECKPOINT as gin text (`'INITIAL_CHECKPOINT_PATH':
 # %BASE_CHECKPOINT`), the folder's presets are expected to fail below; the mark lifts itself
 # once no file there does (bind it as `@base_checkpoint/literal()`, gin/methods/README.md).
-PENDING = ("domain_shift", "spot", "recursion")
+PENDING = ("spot", "recursion")
 _GIN_TEXT_CHECKPOINT = re.compile(r"':\s*%BASE_CHECKPOINT\b")
 
 
