@@ -7,8 +7,15 @@ can also be called and tested on their own. The training stages (source runs, th
 short run, candidate runs from `PROMPT_FILE`) are ordinary `train` stages.
 
   add_source      a finished source run's key and value prompts into the library
+  add_sources     several finished source runs into one library (a new one in the stage folder
+                  unless `library` is given)
   retrieve        the target's top-k sources: candidates, weighted average, mixture tasks
-  pick_best       best-of-top-k: the candidate run with the best validation score
+  pick_best       best-of-top-k: the candidate run with the best validation score (with one
+                  run: that run's best validation score, the number a target run reports)
+  candidate       the value prompt of the retrieved source at one rank, copied into the stage
+                  folder (a local file for PROMPT_FILE even when the library is on gs://)
+
+`pipeline_steps.py` registers them as the pipeline steps `spot_<name>`.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ from prompt_tuning.methods.spot import similarity
 from prompt_tuning.methods.spot import storage
 
 ADD_SOURCE_OUTPUTS = ("entry", "value_prompt")
+ADD_SOURCES_OUTPUTS = ("library", "entries")
+CANDIDATE_OUTPUTS = ("prompt", "name")
 RETRIEVE_OUTPUTS = ("weighted_average", "candidates", "candidate_names", "mixture_tasks",
                     "top_prompt")
 PICK_BEST_OUTPUTS = ("model_dir", "step", "score")
@@ -35,6 +44,33 @@ def add_source(*, stage_dir: str, library: str, model_dir: str, task: str, model
   entry = library_lib.add_run(library=library, model_dir=model_dir, task=task, model=model,
                               seed=seed, key_step=key_step, metric=metric, name=name)
   return {"entry": entry.name, "value_prompt": storage.join(library, entry.value_prompt)}
+
+
+def add_sources(*, stage_dir: str, sources: Sequence[Dict[str, Any]], model: str,
+                key_step: int = runs.DEFAULT_KEY_STEP,
+                library: Optional[str] = None) -> Dict[str, Any]:
+  """Adds every finished run of `sources` (`{'model_dir', 'task'[, 'metric', 'seed', 'name']}`)
+  to `library` (default: `<stage_dir>/library`); outputs the library and the entry names.
+
+  Every run is checked to exist before the first is added, so a typo in the last run does not
+  leave a library holding only the first ones.
+  """
+  if not sources:
+    raise ValueError("add_sources needs at least one source run.")
+  for number, run in enumerate(sources, start=1):
+    missing = [k for k in ("model_dir", "task") if not run.get(k)]
+    if missing:
+      raise ValueError(f"Run {number} of add_sources lacks {missing[0]!r}.")
+    if not storage.isdir(run["model_dir"]):
+      raise FileNotFoundError(f"Run folder {run['model_dir']} does not exist.")
+  library = library or storage.join(stage_dir, "library")
+  names = []
+  for run in sources:
+    entry = library_lib.add_run(library=library, model_dir=run["model_dir"], task=run["task"],
+                                model=model, seed=run.get("seed"), key_step=key_step,
+                                metric=run.get("metric"), name=run.get("name"))
+    names.append(entry.name)
+  return {"library": library, "entries": names}
 
 
 def retrieve(*, stage_dir: str, library: str, target: str, top_k: int = 3,
@@ -72,3 +108,18 @@ def pick_best(*, stage_dir: str, model_dirs: Sequence[str], metric: Optional[str
   storage.write_text(storage.join(stage_dir, "pick_best.json"),
                      json.dumps({"best": scores[best], "runs": scores}, indent=2) + "\n")
   return {k: scores[best][k] for k in PICK_BEST_OUTPUTS}
+
+
+def candidate(*, stage_dir: str, candidates: Sequence[str], rank: int,
+              names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """The value prompt of the rank-`rank` retrieved source (1 = most similar), copied to
+  `<stage_dir>/prompt.npy` so that a target run reads it as a local PROMPT_FILE."""
+  rank = int(rank)
+  if not 1 <= rank <= len(candidates):
+    raise ValueError(f"Candidate rank {rank} is out of range: retrieval returned "
+                     f"{len(candidates)} candidates; retrieve with top_k >= {rank}.")
+  prompt = storage.load_prompt(candidates[rank - 1])
+  storage.makedirs(stage_dir)
+  path = storage.join(stage_dir, "prompt.npy")
+  storage.save_prompt(path, prompt)
+  return {"prompt": path, "name": names[rank - 1] if names else None}

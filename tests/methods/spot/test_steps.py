@@ -74,3 +74,53 @@ def test_add_source_refuses_a_run_of_another_model(tmp_path, run_writer, library
                                                      r"model's 3\.$"):
     steps.add_source(stage_dir=str(tmp_path / "s"), library=str(tmp_path / "lib"),
                      model_dir=run, task="y", model="tiny", key_step=10)
+
+
+def test_add_sources_builds_one_library_from_several_runs(tmp_path, run_writer):
+  run_a = run_writer(str(tmp_path / "a"), {10: np.full((2, 4), 1.0), 20: np.full((2, 4), 2.0)},
+                     {10: {"a/accuracy": 60.0}, 20: {"a/accuracy": 50.0}}, seed=3)
+  run_b = run_writer(str(tmp_path / "b"), {10: np.full((2, 4), 5.0)}, {10: {"b/accuracy": 1.0}},
+                     seed=0)
+  out = steps.add_sources(stage_dir=str(tmp_path / "stage"), model="tiny", key_step=10,
+                          sources=[{"model_dir": run_a, "task": "a"},
+                                   {"model_dir": run_b, "task": "b"}])
+  assert out == {"library": str(tmp_path / "stage" / "library"),
+                 "entries": ["a.seed3", "b.seed0"]}
+  lib = library_lib.Library.open(out["library"])
+  np.testing.assert_array_equal(lib.value_prompt("a.seed3"), np.full((2, 4), 1.0))  # best: 60
+  np.testing.assert_array_equal(lib.key_prompt("b.seed0"), np.full((2, 4), 5.0))
+
+
+def test_add_sources_checks_every_run_before_adding_any(tmp_path, run_writer):
+  run_a = run_writer(str(tmp_path / "a"), {10: np.ones((2, 4))}, {10: {"a/x": 1.0}}, seed=0)
+  with pytest.raises(FileNotFoundError, match=r"^Run folder .*missing does not exist\.$"):
+    steps.add_sources(stage_dir=str(tmp_path / "stage"), model="tiny", key_step=10,
+                      sources=[{"model_dir": run_a, "task": "a"},
+                               {"model_dir": str(tmp_path / "missing"), "task": "b"}])
+  assert not (tmp_path / "stage" / "library").exists()
+  with pytest.raises(ValueError, match=r"^Run 1 of add_sources lacks 'task'\.$"):
+    steps.add_sources(stage_dir=str(tmp_path / "s"), model="tiny", sources=[{"model_dir": run_a}])
+
+
+def test_candidate_copies_the_prompt_of_one_rank(hand_library, target, tmp_path):
+  np.save(tmp_path / "target.npy", target)
+  found = steps.retrieve(stage_dir=str(tmp_path / "r"), library=hand_library.root,
+                         target=str(tmp_path / "target.npy"), top_k=3)
+  out = steps.candidate(stage_dir=str(tmp_path / "c2"), candidates=found["candidates"],
+                        names=found["candidate_names"], rank=2)
+  assert out == {"prompt": str(tmp_path / "c2" / "prompt.npy"), "name": "b.seed0"}
+  np.testing.assert_array_equal(np.load(out["prompt"]), np.full((2, 3), 2.0))
+  with pytest.raises(ValueError, match=r"^Candidate rank 4 is out of range: retrieval returned "
+                                       r"3 candidates; retrieve with top_k >= 4\.$"):
+    steps.candidate(stage_dir=str(tmp_path / "c4"), candidates=found["candidates"], rank=4)
+
+
+def test_the_steps_are_registered_for_pipelines():
+  from prompt_tuning.methods.spot import pipeline_steps  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.pipelines import stages  # pylint: disable=g-import-not-at-top
+  assert set(pipeline_steps.STEPS) <= set(stages.registered_step_names())
+  assert stages.registered_step("spot_retrieve").outputs == steps.RETRIEVE_OUTPUTS
+  assert stages.registered_step("spot_pick_best").fn is steps.pick_best
+  assert stages.registered_step("spot_add_source").required == (
+      "library", "model_dir", "task", "model")
+  assert stages.registered_step("spot_candidate").required == ("candidates", "rank")
