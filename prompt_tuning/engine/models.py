@@ -13,7 +13,9 @@ Batches are dicts of `[B, ...]` arrays with the feature converters' names:
   decoder-only:    `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`
                    (`[B, T]`) and `decoder_causal_attention [B, T]`, 1 on the inputs part
                    (start token included), which prediction uses as the prompt and which a
-                   prefix-LM also uses as its bidirectional prefix.
+                   prefix-LM also uses as its bidirectional prefix. The start token is 0 for
+                   the T5-style decoder (seqio's layout) and the model's BOS (or none) for
+                   the rotary families (`prompt_tuning.data.sequence_start`).
 Per-example side inputs for the input hook (e.g. `prompt_ids [B]` for a prompt table, `[B, L]`
 token ids for a prompt generator) are declared as `HookInput`s, by the hook itself or by the
 wrapper's `hook_inputs` argument, and routed from the batch by name, in their declared shape.
@@ -26,6 +28,7 @@ implementing it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import jax
@@ -425,12 +428,16 @@ class EncoderDecoderModel(BaseModel):
         hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
     return logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
 
+  def _encode(self, params, batch):
+    """`(encoded [B, L', E], mask [B, L'])` the decoder attends to while searching (a wrapper
+    with another encoder side overrides this alone)."""
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             hook_inputs=self._hook_inputs(batch), method="encode")
+
   def _search(self, params, batch, decoder_params, rng, length):
     """Encodes once, caches the decoder, and searches from the start token 0."""
     self._require(batch, "encoder_input_tokens")
-    encoded, mask = self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"],
-        hook_inputs=self._hook_inputs(batch), method="encode")
+    encoded, mask = self._encode(params, batch)
     cache = init_decoder_cache(self.module, params, encoded, mask, length)
     # Rows of the search are example-major copies: b * N + n (see `decoding.repeat_batch`).
     copies = decoder_params.num_decodes
@@ -454,16 +461,53 @@ class DecoderOnlyModel(BaseModel):
   loss reads targets and weights through it, so prompt slots carry no loss.
   """
 
-  def __init__(self, module, *, inputs_bidirectional_attention: bool = False, **kwargs):
-    """`inputs_bidirectional_attention`: pass `decoder_causal_attention` to the module as the
-    bidirectional prefix (prefix-LM); otherwise it only marks the prompt for prediction.
-    Other arguments as `BaseModel`."""
+  def __init__(self, module, *, inputs_bidirectional_attention: bool = False,
+               start_token: Union[None, int, str] = "from_config", **kwargs):
+    """Args:
+      module: the decoder-only flax module.
+      inputs_bidirectional_attention: pass `decoder_causal_attention` to the module as the
+        bidirectional prefix (prefix-LM); otherwise it only marks the prompt for prediction.
+      start_token: what every sequence starts with. 'from_config' (default): the module
+        config's `bos_token_id` when the config has that field (the rotary families: their
+        BOS id, or None when the model has none), else the T5X convention. 't5x': id 0 as
+        start token and padding, masks from `token != 0` (`seqio.PrefixLMFeatureConverter`;
+        right for the T5 vocabulary). An int: that BOS id; None: no start token. With a BOS
+        id or None, batches come from `StartTokenPrefixLMConverter` and the attention mask
+        from its loss weights and causal-attention lengths, so a real token 0 is kept.
+      Other arguments as `BaseModel`.
+    """
     super().__init__(module, **kwargs)
     self.inputs_bidirectional_attention = inputs_bidirectional_attention
+    if start_token == "from_config":
+      config = getattr(module, "config", None)
+      start_token = (config.bos_token_id if hasattr(config, "bos_token_id") else "t5x")
+    if not (start_token is None or start_token == "t5x" or (
+        isinstance(start_token, int) and not isinstance(start_token, bool)
+        and start_token >= 0)):
+      raise ValueError(f"start_token must be 'from_config', 't5x', a token id >= 0 or None, "
+                       f"got {start_token!r}.")
+    self.start_token = start_token
+
+  @property
+  def t5x_start(self) -> bool:
+    """Whether batches follow the T5X convention (start token 0 doubling as padding)."""
+    return self.start_token == "t5x"
 
   def _converter_class(self):
     import seqio  # pylint: disable=g-import-not-at-top
-    return seqio.PrefixLMFeatureConverter
+    if self.t5x_start:
+      return seqio.PrefixLMFeatureConverter
+    from prompt_tuning.data import sequence_start  # pylint: disable=g-import-not-at-top
+    return functools.partial(sequence_start.StartTokenPrefixLMConverter,
+                             start_token=self.start_token)
+
+  def _decoder_mask(self, batch: Batch) -> jax.Array:
+    """`[B, T]` 1 on the slots holding real tokens."""
+    if self.t5x_start:
+      return (batch["decoder_target_tokens"] > 0).astype(jnp.int32)
+    from prompt_tuning.data import sequence_start  # pylint: disable=g-import-not-at-top
+    self._require(batch, "decoder_causal_attention", "decoder_loss_weights")
+    return sequence_start.real_positions(batch).astype(jnp.int32)
 
   def initial_variables(self, rng: jax.Array, lengths: Mapping[str, int]) -> PyTree:
     """The module's variables for model-feature `lengths` (decoder tokens)."""
@@ -494,7 +538,7 @@ class DecoderOnlyModel(BaseModel):
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     out = self.module.apply(
         {"params": params}, batch["decoder_input_tokens"],
-        decoder_mask=(targets > 0).astype(jnp.int32),
+        decoder_mask=self._decoder_mask(batch),
         decoder_causal_attention=self._prefix(batch),
         hook_inputs=self._hook_inputs(batch), **self._dropout_kwargs(dropout_rng))
     # [B, T] targets -> [B, T'] slots of the (possibly prompted) sequence.
@@ -505,12 +549,8 @@ class DecoderOnlyModel(BaseModel):
             jnp.where(inserted, 0, gather(weights)))
 
   def _search(self, params, batch, decoder_params, rng, length):
-    """Prefills the prompt (the causal-attention part) and continues for `length` tokens.
-
-    The prefill runs the hook and returns the logits for the first new token at each
-    example's last real slot; the search's first step reads those instead of calling the
-    model, so every later step feeds one generated token.
-    """
+    """Prefills the prompt (the causal-attention part) and continues for `length` tokens
+    (`_search_after_prefill`); the prefill runs the hook."""
     self._require(batch, "decoder_input_tokens", "decoder_causal_attention")
     prompt_mask = batch["decoder_causal_attention"].astype(jnp.int32)
     tokens = batch["decoder_input_tokens"] * prompt_mask
@@ -525,6 +565,15 @@ class DecoderOnlyModel(BaseModel):
     out, variables = self.module.apply(
         {"params": params, "cache": cache}, tokens, decode=True, prefill=True,
         mutable=["cache"], **apply_kwargs)
+    return self._search_after_prefill(self.module, params, out, variables["cache"],
+                                      decoder_params, rng, length)
+
+  def _search_after_prefill(self, module, params, out, cache, decoder_params, rng, length):
+    """The search that follows a prefill call of `module` (`out`, its filled `cache`).
+
+    The first step reads the prefill's logits at each example's last real slot instead of
+    calling the model; every later step feeds one generated token through the cache.
+    """
     slots = out.inputs.mask.shape[1]
     last_real = slots - 1 - jnp.argmax(out.inputs.mask[:, ::-1] > 0, axis=1)
     first_logits = jnp.take_along_axis(out.logits, last_real[:, None, None], axis=1)[:, 0]
@@ -534,7 +583,7 @@ class DecoderOnlyModel(BaseModel):
         return state.cache["first_logits"], state.cache["model"]
 
       def step(_):
-        out, variables = self.module.apply(
+        out, variables = module.apply(
             {"params": params, "cache": state.cache["model"]}, state.cur_token, decode=True,
             mutable=["cache"])
         return out.logits[:, 0], variables["cache"]
@@ -542,6 +591,6 @@ class DecoderOnlyModel(BaseModel):
       logits, model_cache = lax.cond(state.cur_index == 0, prefilled, step, None)
       return logits, {"model": model_cache, "first_logits": state.cache["first_logits"]}
 
-    search_cache = {"model": variables["cache"], "first_logits": first_logits}
-    inputs = jnp.zeros((batch_size, length), jnp.int32)
+    search_cache = {"model": cache, "first_logits": first_logits}
+    inputs = jnp.zeros((out.logits.shape[0], length), jnp.int32)
     return self._run_search(inputs, search_cache, tokens_to_logits, decoder_params, rng)

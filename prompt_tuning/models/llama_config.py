@@ -70,6 +70,9 @@ class LlamaConfig:
     dropout_rate: dropout on the residual branches when a call enables it (0 for these models).
     dtype / param_dtype: compute and storage dtypes.
     remat_policy: 'none', 'full' or 'dots' (as `ModelConfig`).
+    bos_token_id: the token every sequence starts with (the checkpoint's `bos_token_id`:
+      128000 for Llama 3, 1 for Llama 2 and Mistral, 2 for Gemma); None for a model trained
+      without one (Qwen2). `DecoderOnlyModel` builds its batches with it.
   """
 
   vocab_size: int
@@ -98,6 +101,7 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  bos_token_id: Optional[int] = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -113,6 +117,9 @@ class LlamaConfig:
     if self.remat_policy not in ("none", "full", "dots"):
       raise ValueError(f"remat_policy must be 'none', 'full' or 'dots', got "
                        f"{self.remat_policy!r}.")
+    if self.bos_token_id is not None and not 0 <= self.bos_token_id < self.vocab_size:
+      raise ValueError(f"bos_token_id={self.bos_token_id} is not a row of the "
+                       f"{self.vocab_size}-row embedding table.")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"{name} must be 'float32', 'bfloat16' or 'float16', got "
@@ -145,7 +152,7 @@ class LlamaConfig:
 
 def _gemma(**fields) -> LlamaConfig:
   return LlamaConfig(family="gemma", mlp_activation="gelu_tanh", norm_plus_one=True,
-                     scale_embeddings=True, tie_word_embeddings=True, **fields)
+                     scale_embeddings=True, tie_word_embeddings=True, bos_token_id=2, **fields)
 
 
 def _gemma2(layers: int, **fields) -> LlamaConfig:
@@ -153,32 +160,33 @@ def _gemma2(layers: int, **fields) -> LlamaConfig:
                      scale_embeddings=True, tie_word_embeddings=True, sandwich_norms=True,
                      attn_logit_softcap=50.0, final_logit_softcap=30.0, sliding_window=4096,
                      sliding_layers=tuple(range(0, layers, 2)), num_decoder_layers=layers,
-                     **fields)
+                     bos_token_id=2, **fields)
 
 
 _LLAMA3_ROPE = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
 _PRESETS = {
     "llama2_7b": LlamaConfig(vocab_size=32000, emb_dim=4096, num_heads=32, num_kv_heads=32,
                              head_dim=128, mlp_dim=11008, num_decoder_layers=32,
-                             norm_epsilon=1e-5),
+                             norm_epsilon=1e-5, bos_token_id=1),
     "llama2_70b": LlamaConfig(vocab_size=32000, emb_dim=8192, num_heads=64, num_kv_heads=8,
                               head_dim=128, mlp_dim=28672, num_decoder_layers=80,
-                              norm_epsilon=1e-5),
+                              norm_epsilon=1e-5, bos_token_id=1),
     "llama3_8b": LlamaConfig(vocab_size=128256, emb_dim=4096, num_heads=32, num_kv_heads=8,
                              head_dim=128, mlp_dim=14336, num_decoder_layers=32,
-                             rope_theta=500000.0, norm_epsilon=1e-5),
+                             rope_theta=500000.0, norm_epsilon=1e-5, bos_token_id=128000),
     "llama3_1_8b": LlamaConfig(vocab_size=128256, emb_dim=4096, num_heads=32, num_kv_heads=8,
                                head_dim=128, mlp_dim=14336, num_decoder_layers=32,
                                rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
-                               norm_epsilon=1e-5),
+                               norm_epsilon=1e-5, bos_token_id=128000),
     "llama3_1_70b": LlamaConfig(vocab_size=128256, emb_dim=8192, num_heads=64, num_kv_heads=8,
                                 head_dim=128, mlp_dim=28672, num_decoder_layers=80,
                                 rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE,
-                                norm_epsilon=1e-5),
+                                norm_epsilon=1e-5, bos_token_id=128000),
     # Mistral 7B v0.3 (v0.1 had 32000 rows, RoPE base 1e4 and a 4096 sliding window).
     "mistral_7b": LlamaConfig(family="mistral", vocab_size=32768, emb_dim=4096, num_heads=32,
                               num_kv_heads=8, head_dim=128, mlp_dim=14336,
-                              num_decoder_layers=32, rope_theta=1000000.0, norm_epsilon=1e-5),
+                              num_decoder_layers=32, rope_theta=1000000.0, norm_epsilon=1e-5,
+                              bos_token_id=1),
     "qwen2_7b": LlamaConfig(family="qwen2", vocab_size=152064, emb_dim=3584, num_heads=28,
                             num_kv_heads=4, head_dim=128, mlp_dim=18944,
                             num_decoder_layers=28, qkv_bias=True, rope_theta=1000000.0),
@@ -194,11 +202,12 @@ _PRESETS = {
     "gemma2_9b": _gemma2(42, vocab_size=256000, emb_dim=3584, num_heads=16, num_kv_heads=8,
                          head_dim=256, mlp_dim=14336, query_pre_attn_scalar=256),
     # Tiny variants (width 32, 2 layers, 2 kv heads for 4 query heads) for tests and smoke runs.
+    # Their BOS is 2 (as Gemma's), which seqio.ByteVocabulary never writes (its UNK id).
     "llama_tiny": LlamaConfig(vocab_size=512, emb_dim=32, num_heads=4, num_kv_heads=2,
-                              head_dim=8, mlp_dim=64, num_decoder_layers=2),
+                              head_dim=8, mlp_dim=64, num_decoder_layers=2, bos_token_id=2),
     "mistral_tiny": LlamaConfig(family="mistral", vocab_size=512, emb_dim=32, num_heads=4,
                                 num_kv_heads=2, head_dim=8, mlp_dim=64, num_decoder_layers=2,
-                                sliding_window=8),
+                                sliding_window=8, bos_token_id=2),
     "qwen2_tiny": LlamaConfig(family="qwen2", vocab_size=512, emb_dim=32, num_heads=4,
                               num_kv_heads=2, head_dim=8, mlp_dim=64, num_decoder_layers=2,
                               qkv_bias=True),

@@ -154,6 +154,16 @@ def _sliding(hf: dict, model_type: str, layers: int):
   return window, None
 
 
+def _bos(hf: dict, path: str) -> Optional[int]:
+  """The config's `bos_token_id` (None when it has none)."""
+  bos = hf.get("bos_token_id")
+  if isinstance(bos, list) and len(bos) == 1:
+    bos = bos[0]
+  if bos is not None and (not isinstance(bos, int) or isinstance(bos, bool)):
+    raise ValueError(f"{path} has bos_token_id {bos!r}; expected one token id.")
+  return bos
+
+
 def config_from_hf_decoder(config_json_path: str, **overrides) -> LlamaConfig:
   """Our `LlamaConfig` for a Hugging Face decoder `config.json` (a file or its folder).
 
@@ -192,7 +202,9 @@ def config_from_hf_decoder(config_json_path: str, **overrides) -> LlamaConfig:
       attn_logit_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
       final_logit_softcap=hf.get("final_logit_softcapping") if model_type == "gemma2" else None,
       sliding_window=window, sliding_layers=sliding_layers,
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", gemma)))
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
+      # Qwen2's config names <|endoftext|> as BOS, but its tokenizer never writes it.
+      bos_token_id=None if model_type == "qwen2" else _bos(hf, path))
   fields.update(overrides)
   return LlamaConfig(**fields)
 
@@ -306,6 +318,8 @@ def config_to_hf(config: LlamaConfig) -> Mapping[str, object]:
             head_dim=config.head_dim, rms_norm_eps=config.norm_epsilon,
             tie_word_embeddings=config.tie_word_embeddings,
             architectures=[_ARCHITECTURES[config.family]])
+  if config.bos_token_id is not None:
+    hf["bos_token_id"] = config.bos_token_id
   hf["hidden_activation" if config.family == "gemma2" else "hidden_act"] = (
       "silu" if config.mlp_activation == "silu" else "gelu_pytorch_tanh")
   rope = {"rope_type": config.rope_scaling.rope_type, "rope_theta": config.rope_theta}

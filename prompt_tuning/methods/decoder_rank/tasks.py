@@ -9,7 +9,9 @@ from tasks/super_glue.py; this module adds what decoder-only runs need on top:
   <prefix>super_glue_v102_rank_classification   the eight training benchmarks' rank
                                                  classification tasks, evaluated together
   lm_super_glue_*       every SuperGLUE task in a rotary decoder's own tokenizer, registered
-                        when the environment variable PROMPT_TUNING_LM_TOKENIZER names it: a
+                        when gin binds LM_TOKENIZER (gin/methods/decoder_rank/tasks/
+                        super_glue_lm.gin, through `configurables.lm_task_module`) or the
+                        environment variable PROMPT_TUNING_LM_TOKENIZER names it: a
                         SentencePiece `tokenizer.model` (Llama 2, Mistral, Gemma) or a Hugging
                         Face `tokenizer.json` (Llama 3 / 3.1, Qwen2; EOS from the
                         `config.json` beside it)
@@ -71,13 +73,43 @@ def lm_vocabulary(path: str) -> seqio.Vocabulary:
   return vocabularies.SentencePieceVocabulary(path, extra_ids=0)
 
 
-def register_lm(path: str, *, name_prefix: str = LM_PREFIX) -> None:
-  """Every SuperGLUE task in the tokenizer `path` as `<name_prefix>...`, plus the mixtures."""
+def register_lm(path: str, *, name_prefix: str = LM_PREFIX,
+                source: str = LM_TOKENIZER_ENV) -> None:
+  """Every SuperGLUE task in the tokenizer `path` as `<name_prefix>...`, plus the mixtures;
+  `source` names the setting that gave `path` (for the error when it does not exist)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{LM_TOKENIZER_ENV}={path} does not exist; point it at the "
+    raise FileNotFoundError(f"{source}={path} does not exist; point it at the "
                             "checkpoint's tokenizer.model or tokenizer.json.")
   super_glue.register(vocabulary=lm_vocabulary(path), name_prefix=name_prefix)
   register_rank_mixtures(name_prefix)
+  _REGISTERED_LM[name_prefix] = path
+
+
+_REGISTERED_LM: Dict[str, str] = {}
+
+
+def register_lm_once(path: str, *, name_prefix: str = LM_PREFIX,
+                     source: str = LM_TOKENIZER_ENV) -> None:
+  """`register_lm`, skipped when `name_prefix` already reads this same tokenizer file; a
+  different file under the same names is an error (tasks cannot change tokenizer midway)."""
+  registered = _REGISTERED_LM.get(name_prefix)
+  if registered is not None and os.path.abspath(registered) == os.path.abspath(path):
+    return
+  if registered is not None:
+    raise ValueError(f"The {name_prefix}super_glue_* tasks already read {registered}; they "
+                     f"cannot also read {path} in the same process.")
+  register_lm(path, name_prefix=name_prefix, source=source)
+
+
+def unregistered_task_message(name: str) -> Optional[str]:
+  """Why the task `name` is not registered, when this module can tell (the data pipeline
+  asks before its generic "unknown task" error)."""
+  if not name.startswith(LM_PREFIX) or LM_PREFIX in _REGISTERED_LM:
+    return None
+  return (f"The task {name!r} is read in the checkpoint's own tokenizer, which is not set: "
+          "bind it in gin with --gin.LM_TOKENIZER=\"'/ckpt/tokenizer.json'\" (a run using "
+          "gin/methods/decoder_rank/tasks/super_glue_lm.gin) or set the environment variable "
+          f"{LM_TOKENIZER_ENV} to the checkpoint's tokenizer.model or tokenizer.json.")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
 
 
 def candidates_of(record: Mapping[str, Any], num_candidates: Optional[int]) -> List[str]:
-  """The record's decodes, best first, without repeats (the first `num_candidates` of them)."""
+  """The record's decodes, best first, without repeats or empty answers (among the first
+  `num_candidates` of them)."""
   decodes = record.get("decodes") or [record]
   scored = sorted(decodes, key=lambda d: -float(d.get("score", 0.0)))
   if num_candidates is not None:
@@ -40,7 +41,7 @@ def candidates_of(record: Mapping[str, Any], num_candidates: Optional[int]) -> L
   seen, out = set(), []
   for decode in scored:
     text = str(decode.get("prediction", "")).strip()
-    if text not in seen:
+    if text and text not in seen:
       seen.add(text)
       out.append(text)
   return out

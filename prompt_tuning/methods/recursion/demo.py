@@ -12,8 +12,9 @@ validation: 160-199): the answer is in the frozen LM's weights, the format must 
 beyond recall. Then, with the LM frozen throughout:
 
   one pass         prompt tuning (p1)
-  textual          p1 samples 16 answers per question at temperature 1; prompt p2 reads the
-                   question and the candidates (best first, repeats removed) and answers
+  textual          p1 samples 16 answers per question at temperature 1 (each cut at its EOS,
+                   padding dropped); prompt p2 reads up to 8 distinct candidates (best first,
+                   each after a separator) followed by the question, and answers
   LM-C-LM / C-LM / LM-C   a one-layer Connector (and a prompt on pass 1) trained
 
 and prints validation exact match, and the recall of candidates for n = 1 / 4 / 16.
@@ -92,23 +93,46 @@ def exact_match(model, params, batch, answers):
   return 100.0 * float(np.mean(hits))
 
 
+def candidate_tokens(decode):
+  """A sampled decode's answer tokens: up to its EOS, without padding (an early EOS leaves a
+  shorter answer; such tokens must never reach the second stage's inputs, where 0 would read
+  as padding and 1 as the end of the text)."""
+  out = []
+  for token in (int(t) for t in decode):
+    if token == EOS:
+      break
+    if token > EOS:
+      out.append(token)
+  return tuple(out)
+
+
 def sample_candidates(model, params, batch, n, seed=0):
+  """n answers per question at temperature 1, best (most probable) first."""
   decodes, _ = jax.jit(lambda p, b, r: model.predict_batch_with_scores(
       p, b, decoder_params={"method": "sample", "num_decodes": n, "temperature": 1.0}, rng=r,
       max_decode_length=3))(params, {k: jnp.asarray(v) for k, v in batch.items()},
                             jax.random.PRNGKey(seed))
-  out = []
-  for row in np.asarray(decodes):  # best first
-    out.append([tuple(int(t) for t in d[:2]) for d in row])
-  return out
+  return [[candidate_tokens(d) for d in row] for row in np.asarray(decodes)]
 
 
 def unique(candidates, limit):
+  """The first `limit` distinct non-empty candidates, in order."""
   seen = []
   for c in candidates:
-    if c not in seen:
+    if c and c not in seen:
       seen.append(c)
   return seen[:limit]
+
+
+def second_stage_inputs(question, candidates, limit=8):
+  """p2's input: the candidates (best first, each after a separator C), then the question.
+
+  The question comes last so that, as in pre-training and in p1, the answer directly follows
+  it: the frozen LM reads the entity at the distances it learnt facts at, and the candidates
+  are context before it (the order a frozen LM pre-trained on documents can use).
+  """
+  listed = [t for candidate in unique(candidates, limit) for t in (C,) + tuple(candidate)]
+  return listed + list(question)
 
 
 def plain_params(model, params_from, key):
@@ -178,17 +202,12 @@ def main(argv=None):
             for n in (1, 4, 16)}
 
   def second_stage(ids, cands):
-    rows = []
-    for i, c in zip(ids, cands):
-      listed = [t for cand in unique(c, 8) for t in [C] + list(cand)]
-      rows.append(entities[i] + [Q2] + listed)
-    return rows
+    return [second_stage_inputs(questions([i])[0], c) for i, c in zip(ids, cands)]
 
   p2_model = prompted_lm()
   p2 = plain_params(p2_model, lm_params, jax.random.PRNGKey(2))
   s2_train = prefix_lm_batch(second_stage(train_ids, train_cands), gold(train_ids))
-  s2_val = prefix_lm_batch(second_stage(val_ids, val_cands), gold(val_ids),
-                           length=s2_train["decoder_input_tokens"].shape[1])
+  s2_val = prefix_lm_batch(second_stage(val_ids, val_cands), gold(val_ids))
   p2, _ = train(p2_model, p2, ["^input_hook/"], s2_train, steps=prompt_steps,
                 optimizer=prompt_opt)
   results["textual recursion (n=16)"] = exact_match(p2_model, p2, s2_val, gold(val_ids))

@@ -24,7 +24,6 @@ from typing import Any, Dict, Tuple
 
 import flax
 import jax
-from jax import lax
 import jax.numpy as jnp
 
 from prompt_tuning.engine import decoding
@@ -200,25 +199,8 @@ class LMConnectorLMModel(DecoderOnlyModel):
         {"params": lm_params, "cache": cache}, None, decoder_input_embeddings=embeddings,
         decoder_mask=prompt_mask, decoder_causal_attention=prefix, decode=True, prefill=True,
         mutable=["cache"])
-    last_real = prompt_length - 1 - jnp.argmax(prompt_mask[:, ::-1] > 0, axis=1)
-    first_logits = jnp.take_along_axis(out.logits, last_real[:, None, None], axis=1)[:, 0]
-
-    def tokens_to_logits(state: decoding.DecodingState):
-      def prefilled(_):
-        return state.cache["first_logits"], state.cache["model"]
-
-      def step(_):
-        out, variables = self.bare_lm.apply(
-            {"params": lm_params, "cache": state.cache["model"]}, state.cur_token, decode=True,
-            mutable=["cache"])
-        return out.logits[:, 0], variables["cache"]
-
-      logits, model_cache = lax.cond(state.cur_index == 0, prefilled, step, None)
-      return logits, {"model": model_cache, "first_logits": state.cache["first_logits"]}
-
-    search_cache = {"model": variables["cache"], "first_logits": first_logits}
-    inputs = jnp.zeros((batch_size, length), jnp.int32)
-    return self._run_search(inputs, search_cache, tokens_to_logits, decoder_params, rng)
+    return self._search_after_prefill(self.bare_lm, lm_params, out, variables["cache"],
+                                      decoder_params, rng, length)
 
   def _recompute_search(self, params, batch, decoder_params, rng, length):
     """C-LM and LM-C: each step writes the last token after the example's prompt and re-runs

@@ -41,6 +41,9 @@ def test_candidates_are_ordered_best_first_without_repeats():
   examples = candidates.build_examples(RECORDS)
   assert examples[0]["candidates"] == ["Paris", "Lyon", "Nice"]
   assert examples[2]["candidates"] == ["Bergen", "Tromso", "Oslo"]
+  # A decode that ended at once (an empty answer) is no candidate.
+  early = sampled("q5", "Bern", [("", -0.1), ("Bern", -0.5), (" ", -0.7)])
+  assert candidates.candidates_of(early, None) == ["Bern"]
   shuffled = dict(RECORDS[1], decodes=list(reversed(RECORDS[1]["decodes"])))
   assert candidates.candidates_of(shuffled, 2) == ["Milan", "Turin"]
 

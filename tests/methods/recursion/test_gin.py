@@ -8,6 +8,7 @@ from prompt_tuning.engine import gin_utils
 from prompt_tuning.engine import params as params_lib
 from prompt_tuning.engine import train_state
 from prompt_tuning.methods.recursion.configurables import warmup_linear_decay
+from prompt_tuning.methods.recursion.encdec import EncoderConnectorModel
 from prompt_tuning.methods.recursion.model import LMConnectorLMModel
 
 REQUIRED = ["MODEL_DIR='/tmp/unused'", "INITIAL_CHECKPOINT_PATH='/tmp/unused'",
@@ -87,13 +88,38 @@ def test_the_second_stage_run_file_registers_the_candidates_task(tmp_path):
   assert row["inputs_pretokenized"].decode() == "question: q candidates: (1) a (2) b"
 
 
-@pytest.mark.slow
-def test_the_tiny_textual_pipeline_plans_its_six_stages(tmp_path):
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  out = subprocess.run(
-      [sys.executable, "-m", "prompt_tuning.pipeline",
-       "--gin_file=gin/methods/recursion/textual_tiny.gin", f"--pipeline_dir={tmp_path}",
-       "--gin.NUM_CANDIDATES=4", "--dry_run"], capture_output=True, text=True, check=True)
-  assert "6 of 6 stage(s) selected" in out.stdout
-  assert "'num_decodes': 4, 'temperature': 1.0" in out.stdout
-  assert "stage 'candidates' (recursion_candidates): to run" in out.stdout
+def test_the_encoder_decoder_gin_entry_builds_a_bidirectional_connector_model():
+  gin.clear_config()
+  gin_utils.register_configurables()
+  gin.parse_config_files_and_bindings(
+      ["gin/models/byte_t5_tiny.gin", "gin/runs/prompt_tuning.gin",
+       "gin/methods/recursion/neural_encdec.gin"], REQUIRED)
+  model = build("train.model")
+  assert isinstance(model, EncoderConnectorModel) and model.mode == "lm_c_lm"
+  assert model.connector.causal is False and model.connector.config.emb_dim == 64
+  variables = model.initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": 8,
+                                                              "decoder_input_tokens": 4})
+  paths = list(train_state._flatten(variables["params"]))
+  groups = [group.scoped_configurable_fn() for group in gin.query_parameter("train.param_groups")]
+  trainable = params_lib.resolve(groups, paths).trainable_paths
+  assert trainable and {p for p in paths if p.startswith("connector/")} == set(trainable)
+  assert "connector/layers_0/attention/query/kernel" in trainable
+
+
+@pytest.mark.parametrize("preset,stack", [("neural_lm", "decoder"), ("neural_encdec", "encoder")])
+def test_connector_from_lm_layers_reads_the_stacks_layers_from_the_base(preset, stack):
+  model_file = "decoder_only_tiny" if stack == "decoder" else "byte_t5_tiny"
+  gin.clear_config()
+  gin_utils.register_configurables()
+  gin.parse_config_files_and_bindings(
+      [f"gin/models/{model_file}.gin", "gin/runs/prompt_tuning.gin",
+       f"gin/methods/recursion/{preset}.gin",
+       "gin/methods/recursion/connector_from_lm_layers.gin"],
+      REQUIRED + ["CONNECTOR_LM_LAYERS = (1,)", "CONNECTOR_LAYERS = 1"])
+  connector = gin.query_parameter("train.param_groups")[0].scoped_configurable_fn()
+  assert connector.source.path == "/tmp/unused"
+  assert connector.source.prefix_map == (
+      ("connector/layers_0/", f"{stack}/layers_1/"),
+      ("connector/connector_norm/", f"{stack}/{stack}_norm/"),
+      ("connector/relpos_bias/", f"{stack}/relpos_bias/"))
+  assert build("train.model").connector.residual is False

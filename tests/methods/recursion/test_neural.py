@@ -180,7 +180,7 @@ def test_connector_layers_can_be_copied_from_lm_layers():
                                 params["decoder"]["layers_1"]["mlp"]["wo"]["kernel"])
   np.testing.assert_array_equal(params["connector"]["layers_1"]["mlp"]["wo"]["kernel"],
                                 params["decoder"]["layers_0"]["mlp"]["wo"]["kernel"])
-  with pytest.raises(ValueError, match="LM has no layer 5"):
+  with pytest.raises(ValueError, match="LM has no decoder layer 5"):
     copy_lm_layers(params, lm_layers=(5, 0))
 
 
