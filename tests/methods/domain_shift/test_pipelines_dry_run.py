@@ -41,7 +41,7 @@ def _argv(name, tmp_path, extra=()):
   argv = [f"--gin_file=gin/methods/domain_shift/{name}", f"--pipeline_dir={tmp_path}"]
   size = _size(name)
   if size:
-    argv.append(f"--gin.BASE_CHECKPOINT=\"'/ckpts/t5_1_1_lm100k_{size}/checkpoint_1100000'\"")
+    argv.append(f"--gin.BASE_CHECKPOINT='/ckpts/t5_1_1_lm100k_{size}/checkpoint_1100000'")
   return argv + list(extra)
 
 

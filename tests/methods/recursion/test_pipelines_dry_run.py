@@ -22,7 +22,7 @@ PARTS = {"candidates_task.gin", "connector_training.gin", "connector_from_checkp
          "prompt_schedule.gin", "textual.gin", "neural_pretrained.gin"}
 PIPELINES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(METHOD_DIR, "*.gin"))
                    if os.path.basename(p) not in PARTS)
-BASE = "--gin.BASE_CHECKPOINT=\"'/ckpts/t5_1_1_lm100k_xxl/checkpoint_1100000'\""
+BASE = "--gin.BASE_CHECKPOINT='/ckpts/t5_1_1_lm100k_xxl/checkpoint_1100000'"
 
 
 @pytest.fixture(autouse=True)

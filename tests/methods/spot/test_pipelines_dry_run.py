@@ -22,7 +22,7 @@ PIPELINES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(METHOD_DI
 PRESETS = [p for p in PIPELINES if p.endswith("_t5_1_1_lm100k_base.gin")]
 TINY = [p for p in PIPELINES if p.endswith("_tiny.gin")]
 BASE = "/ckpts/t5_1_1_lm100k_base/checkpoint_1100000"
-PRESET_FLAGS = [f"--gin.BASE_CHECKPOINT=\"'{BASE}'\"", "--gin.LIBRARY='gs://bucket/library'"]
+PRESET_FLAGS = [f"--gin.BASE_CHECKPOINT='{BASE}'", "--gin.LIBRARY='gs://bucket/library'"]
 
 
 @pytest.fixture(autouse=True)
