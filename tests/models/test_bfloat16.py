@@ -65,7 +65,8 @@ def test_bfloat16_forward_and_prompt_gradient_match_float32(params, batch, impl)
   results = {}
   for dtype in ("float32", "bfloat16"):
     model = _model(dtype, impl=impl)
-    logits = jax.jit(lambda p, b, m=model: m._logits(p, b, dropout_rng=None)[0])(params, batch)  # pylint: disable=protected-access
+    logits = jax.jit(lambda p, b, m=model: m.module.apply(
+        {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"]))(params, batch)
     loss_and_grad = jax.jit(jax.value_and_grad(
         lambda p, b, m=model: m.loss_fn(p, b, None)[0]))
     loss, grads = loss_and_grad(params, batch)
