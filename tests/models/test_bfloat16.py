@@ -120,7 +120,8 @@ def _entry_buffers(compiled_text):
   return counts
 
 
-@pytest.mark.parametrize("dtype, bytes_per_entry", [("float32", 3.0), ("bfloat16", 5.0)])
+@pytest.mark.parametrize("dtype, bytes_per_entry", [
+    ("float32", 3.0), pytest.param("bfloat16", 5.0, marks=pytest.mark.slow)])
 def test_attention_dropout_adds_no_4_byte_array_per_mask_entry(params, batch, dtype,
                                                                bytes_per_entry):
   """Dropout's extra temporaries, per entry of all attention masks, stay under a bound.
