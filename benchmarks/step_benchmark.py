@@ -152,13 +152,14 @@ def _serve(job: Dict[str, Any], commands, replies) -> None:
 class _Worker:
   """The parent's handle on one worker process."""
 
-  def __init__(self, job: Dict[str, Any]):
+  def __init__(self, job: Dict[str, Any], module: str = "benchmarks.step_benchmark"):
+    """Starts `python -m <module> --worker <job>` (`module` serves the same protocol)."""
     self.job = job
     self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, so chatty libraries never block
     # JAX in the worker sees only the benchmarked platform.
-    env = dict(os.environ, JAX_PLATFORMS="cuda" if job["device"] == "gpu" else "cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cuda" if job.get("device") == "gpu" else "cpu")
     self.process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.step_benchmark", "--worker", json.dumps(job)],
+        [sys.executable, "-m", module, "--worker", json.dumps(job)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     self.ready = self._receive()

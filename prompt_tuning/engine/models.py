@@ -31,6 +31,7 @@ import dataclasses
 import functools
 from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
+import flax.traverse_util
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -393,6 +394,19 @@ class BaseModel:
     return {"enable_dropout": True, "rngs": {"dropout": dropout_rng}}
 
 
+def _split_cross_attention_cache(cache: PyTree) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`(rest, cross)`: the decoder cache without and with only its cross-attention entries."""
+  flat = flax.traverse_util.flatten_dict(dict(cache))
+  cross = {k: v for k, v in flat.items() if "encoder_decoder_attention" in k}
+  rest = {k: v for k, v in flat.items() if k not in cross}
+  return (flax.traverse_util.unflatten_dict(rest), cross)
+
+
+def _merge_caches(rest: PyTree, cross: Dict[Tuple[str, ...], Any]) -> Dict[str, Any]:
+  return flax.traverse_util.unflatten_dict({**flax.traverse_util.flatten_dict(dict(rest)),
+                                            **cross})
+
+
 class EncoderDecoderModel(BaseModel):
   """Wraps an `EncoderDecoder`: the input hook applies to the encoder input."""
 
@@ -442,12 +456,17 @@ class EncoderDecoderModel(BaseModel):
     # Rows of the search are example-major copies: b * N + n (see `decoding.repeat_batch`).
     copies = decoder_params.num_decodes
     encoded, mask = decoding.repeat_batch((encoded, mask), copies)
+    # The cross-attention keys and values never change while decoding and are equal across an
+    # example's beams, so they stay out of the searched cache: beam search would otherwise
+    # gather them (all encoder positions, every layer) at every step.
+    cache, cross = _split_cross_attention_cache(cache)
+    cross = decoding.repeat_batch(cross, copies)
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, variables = self.module.apply(
-          {"params": params, "cache": state.cache}, encoded, mask, state.cur_token,
-          decode=True, method="decode", mutable=["cache"])
-      return logits[:, 0], variables["cache"]
+          {"params": params, "cache": _merge_caches(state.cache, cross)}, encoded, mask,
+          state.cur_token, decode=True, method="decode", mutable=["cache"])
+      return logits[:, 0], _split_cross_attention_cache(variables["cache"])[0]
 
     inputs = jnp.zeros((batch["encoder_input_tokens"].shape[0], length), jnp.int32)
     return self._run_search(inputs, cache, tokens_to_logits, decoder_params, rng)

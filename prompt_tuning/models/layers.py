@@ -70,10 +70,8 @@ class Dense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = _kernel(self, (x.shape[-1], self.features), self.kernel_axes, self.config,
                      self.init_scale)
-    if self.float32_output:
-      dtype = self.config.compute_dtype
-      return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
-    return kernels.matmul(x, kernel, self.config.compute_dtype)
+    return kernels.matmul(x, kernel, self.config.compute_dtype,
+                          float32_output=self.float32_output)
 
 
 class Embed(nn.Module):
@@ -94,9 +92,8 @@ class Embed(nn.Module):
 
   def attend(self, query: jax.Array) -> jax.Array:
     # [batch, length, emb] -> [batch, length, vocab], float32.
-    dtype = self.config.compute_dtype
-    return jnp.dot(query.astype(dtype), self.embedding.astype(dtype).T,
-                   preferred_element_type=jnp.float32)
+    return kernels.matmul(query, self.embedding, self.config.compute_dtype, float32_output=True,
+                          kernel_transposed=True)
 
 
 class RMSNorm(nn.Module):
@@ -198,6 +195,37 @@ def mask_to_bias(allowed: jax.Array) -> jax.Array:
   return jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)[:, None, :, :]
 
 
+class KeepMask(nn.Module):
+  """A boolean attention-dropout keep-mask of `shape`, drawn from the 'dropout' stream.
+
+  `nn.Dropout` applied to a tensor of ones draws 32 random bits an entry and gives float32
+  multipliers; attention masks are `[b, h, q, k]`, the largest arrays of a dropout step, and
+  XLA keeps such draws alive from the forward to the backward pass. This mask compares 8 random
+  bits an entry with `threshold` (1 byte an entry), so the keep rate is quantised to
+  `threshold / 256` (0.898 for a 0.1 dropout rate); `scale` is its exact inverse, so kept
+  weights are rescaled without bias.
+  """
+
+  keep_rate: float
+
+  @property
+  def threshold(self) -> int:
+    return max(1, min(256, round(self.keep_rate * 256)))
+
+  @property
+  def scale(self) -> float:
+    return 256.0 / self.threshold
+
+  @nn.compact
+  def __call__(self, shape: Tuple[int, ...]) -> jax.Array:
+    # Four 8-bit draws from each 32-bit word: drawing uint8 directly still makes (and keeps) a
+    # 32-bit word per entry. The leading axes stay as they are, so a batch sharding carries over.
+    *leading, last = shape
+    words = jax.random.bits(self.make_rng("dropout"), (*leading, -(-last // 4)), jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*leading, -1)[..., :last]
+    return bits.astype(jnp.int32) < self.threshold
+
+
 class MultiHeadAttention(nn.Module):
   """Unscaled dot-product attention (1/sqrt(D) lives in the query init, as in T5).
 
@@ -234,11 +262,12 @@ class MultiHeadAttention(nn.Module):
     key = constrain(key, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
     value = constrain(value, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
 
-    keep = None
+    keep, keep_scale = None, 1.0
     if enable_dropout and cfg.dropout_rate > 0:
       shape = (query.shape[0], cfg.num_heads, query.shape[1], key.shape[1])
-      keep = nn.Dropout(cfg.dropout_rate)(jnp.ones(shape, jnp.float32), deterministic=False)
-    out = kernels.dot_product_attention(query, key, value, bias, keep,
+      mask = KeepMask(1.0 - cfg.dropout_rate, name="Dropout_0")
+      keep, keep_scale = mask(shape), mask.scale
+    out = kernels.dot_product_attention(query, key, value, bias, keep, keep_scale=keep_scale,
                                         impl=cfg.attention_impl)
     out = out.reshape(out.shape[:2] + (inner,))
     return Dense(cfg.emb_dim, (axes.JOINED_KV, axes.EMBED), cfg, name="out")(out)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import axes
+from prompt_tuning.models import kernels
 from prompt_tuning.models.layers import constrain, fan_in_init
 from prompt_tuning.models.llama_config import LlamaConfig
 from prompt_tuning.models.rope import apply_rope, inverse_frequencies
@@ -30,8 +31,7 @@ _ACTIVATIONS = {
 def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
   """`x @ kernel` in `dtype` with float32 accumulation, rounded back to `dtype` (as the
   reference models' bf16 linear layers round)."""
-  y = jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
-  return y.astype(dtype)
+  return kernels.matmul(x, kernel, dtype)
 
 
 def softcap(x: jax.Array, cap: Optional[float]) -> jax.Array:
@@ -77,8 +77,7 @@ class Projection(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(fan_in_init(), self.kernel_axes),
                         (x.shape[-1], self.features), cfg.parameter_dtype)
     if self.float32_output:
-      y = jnp.dot(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
-                  preferred_element_type=jnp.float32)
+      y = kernels.matmul(x, kernel, cfg.compute_dtype, float32_output=True)
     else:
       y = matmul(x, kernel, cfg.compute_dtype)
     if self.use_bias:
