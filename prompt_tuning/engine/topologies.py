@@ -136,6 +136,9 @@ def prepare(topology: Topology) -> None:
     raise ValueError(f"{LIBTPU_MISSING}; it is needed to compile for {topology.name}.")
   if not host_memory.jax_backend_started():
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # libtpu takes a machine-wide lock file so that one process owns the chips; a plan only asks
+  # for device descriptions and owns none, so several plans (or a plan beside a run) may load it.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   # Without these libtpu logs an error per missing variable; the values are only read at init.
   if re.fullmatch(r"v\w+-\d+", topology.name.lower()):
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name.lower())
@@ -153,8 +156,13 @@ def devices(topology: Topology) -> List[Any]:
     return list(available[:topology.num_devices])
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = {"chip_config_name": topology.chip_config} if topology.chip_config else {}
-  described = topologies.get_topology_desc(topology_name=topology.layout, platform="tpu",
-                                           **kwargs).devices
+  try:
+    described = topologies.get_topology_desc(topology_name=topology.layout, platform="tpu",
+                                             **kwargs).devices
+  except RuntimeError as error:  # jax.errors.JaxRuntimeError from libtpu
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"libtpu could not describe {topology.layout} ({topology.name}): "
+                     f"{first.rstrip('.')}.") from None
   if len(described) != topology.num_devices:
     raise ValueError(f"libtpu describes {topology.layout} with {len(described)} devices, not "
                      f"the {topology.num_devices} of {topology.name}.")
