@@ -6,6 +6,9 @@ the trainable part (held in the `TrainState`, with optimizer state only for it) 
 part (a separate, never-donated step argument), and opens the checkpoint manager. `resume`
 continues from the model dir's latest complete step; `load_for_inference` rebuilds the same
 placement from a run's record and reads a step over it. Both use `param_loading.restore_step`.
+`abstract_setup` builds the same Session on `jax.ShapeDtypeStruct`s (nothing read, initialised or
+allocated) for any mesh, so the planner (`engine/planning.py`) can compile a step for a TPU pod
+from a machine without one.
 """
 from __future__ import annotations
 
