@@ -161,3 +161,41 @@ def test_total_and_fit_of_a_step():
   assert plan.fits(step) is True
   plan.hbm_bytes = 16
   assert plan.fits(step) is False
+
+
+def test_abstract_setup_has_the_shapes_dtypes_and_shardings_of_the_real_setup(tmp_path):
+  """The planner's setup is the trainer's on abstract values: same trees, nothing allocated;
+  a bfloat16 read of the base (RestoreConfig.dtype) makes the frozen leaves bfloat16."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.engine import models, optimizers, partitioning, run_setup, trainer
+  from prompt_tuning.models import config as config_lib, t5
+  from prompt_tuning.prompts import hooks, providers
+
+  module = t5.EncoderDecoder(config=config_lib.get_config("t5_1_1_tiny"),
+                             input_hook=hooks.PromptHook(provider=providers.Prompt(length=3)))
+  model = models.EncoderDecoderModel(module)
+  lengths = model.model_feature_lengths({"inputs": 8, "targets": 4})
+  mesh_config = partitioning.MeshConfig()
+  real = run_setup.setup(model=model, lengths=lengths, mesh_config=mesh_config,
+                         restore=trainer.RestoreConfig(), optimizer=optimizers.adafactor(),
+                         checkpoint=trainer.CheckpointConfig(async_save=False),
+                         model_dir=str(tmp_path), seed=0)
+  real.checkpoints.close()
+  mesh = mesh_config.make_mesh()
+  abstract = run_setup.abstract_setup(model=model, lengths=lengths, mesh=mesh,
+                                      rules=mesh_config.axis_rules(),
+                                      restore=trainer.RestoreConfig(),
+                                      optimizer=optimizers.adafactor(), seed=0)
+  describe = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x: (x.shape, str(x.dtype), x.sharding.spec), tree)
+  assert describe(abstract.state) == describe(real.state)
+  assert describe(abstract.placed.frozen) == describe(real.placed.frozen)
+  assert all(isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree.leaves((abstract.state, abstract.placed.trainable,
+                                            abstract.placed.frozen)))
+  bf16 = run_setup.abstract_setup(
+      model=model, lengths=lengths, mesh=mesh, rules=mesh_config.axis_rules(),
+      restore=trainer.RestoreConfig(path="/not/read", dtype="bfloat16"),
+      optimizer=optimizers.adafactor(), seed=0)
+  assert {str(x.dtype) for x in jax.tree.leaves(bf16.placed.frozen)} == {"bfloat16"}
+  assert {str(x.dtype) for x in jax.tree.leaves(bf16.placed.trainable)} == {"float32"}
