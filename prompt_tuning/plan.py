@@ -74,8 +74,8 @@ def main(argv: Sequence[str]):
   try:
     bindings = gin.get_bindings("train")
   except (ValueError, TypeError) as error:
-    raise gin_utils.ConfigError(f"The train configuration cannot be built: "
-                                f"{gin_utils._first_line(error)}.") from None  # pylint: disable=protected-access
+    first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else "error"
+    raise gin_utils.ConfigError(f"The train configuration cannot be built: {first}.") from None
   missing = [name for name in ("model", "train_dataset_cfg", "optimizer") if name not in bindings]
   if missing:
     raise gin_utils.ConfigError(f"The gin files bind no train.{missing[0]}; give the same gin "

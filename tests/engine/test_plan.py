@@ -7,7 +7,6 @@ numbers. The expected per-device bytes are counted by hand from the tiny model's
 16 relative-position buckets) on the 4 (data) x 2 (model) mesh of gin/partitioning/cpu_8.gin,
 where vocab, heads (joined_kv) and MLP dimensions split over `model` and the rest is replicated.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -186,8 +185,9 @@ def test_abstract_setup_has_the_shapes_dtypes_and_shardings_of_the_real_setup(tm
                                       rules=mesh_config.axis_rules(),
                                       restore=trainer.RestoreConfig(),
                                       optimizer=optimizers.adafactor(), seed=0)
-  describe = lambda tree: jax.tree.map(  # noqa: E731
-      lambda x: (x.shape, str(x.dtype), x.sharding.spec), tree)
+  def describe(tree):
+    return jax.tree.map(lambda x: (x.shape, str(x.dtype), x.sharding.spec), tree)
+
   assert describe(abstract.state) == describe(real.state)
   assert describe(abstract.placed.frozen) == describe(real.placed.frozen)
   assert all(isinstance(x, jax.ShapeDtypeStruct)
