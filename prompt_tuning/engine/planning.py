@@ -45,6 +45,7 @@ class StepMemory:
   flops: Optional[float]
   compile_seconds: float  # the compiler's time (XLA passes, code generation)
   lower_seconds: float = 0.0  # tracing the Python step and lowering it to StableHLO
+  out_of_memory: Optional[str] = None  # the compiler's sentence when it could not fit the step
 
   @property
   def total(self) -> int:
@@ -62,6 +63,8 @@ class Plan:
   hbm_bytes: Optional[int]
 
   def fits(self, step: StepMemory) -> Optional[bool]:
+    if step.out_of_memory is not None:
+      return False
     return None if self.hbm_bytes is None else step.total <= self.hbm_bytes
 
   def as_dict(self) -> Dict[str, Any]:
@@ -89,6 +92,11 @@ class Plan:
                 "code | total | fits | GFLOP per device | lower + compile s |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
     for step in self.steps:
+      if step.out_of_memory is not None:
+        lines.append(f"| {step.name} | the compiler could not fit it: {step.out_of_memory} "
+                     f"| | | | | | NO | | {step.lower_seconds:.0f} + "
+                     f"{step.compile_seconds:.0f} |")
+        continue
       fits = {None: "n/a", True: "yes", False: "NO"}[self.fits(step)]
       flops = "n/a" if step.flops is None else f"{step.flops / 1e9:.1f}"
       lines.append(f"| {step.name} | {size(step.arguments)} | {size(step.outputs)} | "
@@ -145,7 +153,18 @@ def _compile(name: str, jitted: Any, args: Sequence[Any], mesh, rules) -> StepMe
     lowered = jitted.lower(*args)
   lowered_at = time.perf_counter()
   _LOG.info("Lowered the %s step in %.1f s; compiling.", name, lowered_at - start)
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except Exception as error:  # pylint: disable=broad-except  (jax.errors.JaxRuntimeError)
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "RESOURCE_EXHAUSTED" not in message:
+      raise
+    _LOG.info("The %s step does not fit: %s", name, message)
+    return StepMemory(name=name, arguments=0, outputs=0, aliased=0, temporaries=0,
+                      generated_code=0, flops=None,
+                      compile_seconds=time.perf_counter() - lowered_at,
+                      lower_seconds=lowered_at - start,
+                      out_of_memory=message.split("RESOURCE_EXHAUSTED:", 1)[-1].strip())
   memory = _memory(name, compiled, time.perf_counter() - lowered_at, lowered_at - start)
   _LOG.info("Compiled the %s step in %.1f s.", name, memory.compile_seconds)
   return memory

@@ -199,3 +199,4 @@ def test_abstract_setup_has_the_shapes_dtypes_and_shardings_of_the_real_setup(tm
       optimizer=optimizers.adafactor(), seed=0)
   assert {str(x.dtype) for x in jax.tree.leaves(bf16.placed.frozen)} == {"bfloat16"}
   assert {str(x.dtype) for x in jax.tree.leaves(bf16.placed.trainable)} == {"float32"}
+
