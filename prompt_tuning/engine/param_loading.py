@@ -226,6 +226,45 @@ def place_params(*, init_fn: Callable[[jax.Array], Any], assignment: params_lib.
   return unflat({name: values[name] for name in flat_shardings}), shardings
 
 
+def _read_dtype(group: params_lib.ParamGroup, name: str, restore: RestoreConfig,
+                stored: np.dtype) -> np.dtype:
+  """The dtype a leaf is placed in when its group's source is read (a cast only applies to
+  floating-point leaves read from a checkpoint; initialised leaves keep the module's dtype)."""
+  source = group.source
+  if isinstance(source, params_lib.FromBase):
+    cast = None if restore.path is None or source.may_lack(name) else restore.dtype
+  elif isinstance(source, params_lib.FromCheckpoint):
+    cast = source.dtype
+  else:
+    cast = None
+  from prompt_tuning.engine.importers import base  # pylint: disable=g-import-not-at-top
+  if cast is not None and np.dtype(stored) in base.CASTABLE_DTYPES:
+    return np.dtype(cast)
+  return np.dtype(stored)
+
+
+def abstract_params(*, init_fn: Callable[[jax.Array], Any], assignment: params_lib.Assignment,
+                    restore: RestoreConfig, mesh: jax.sharding.Mesh, rules: Any,
+                    rng: jax.Array, abstract: Any = None) -> Tuple[Dict[str, Any], Any]:
+  """What `place_params` would place, as `jax.ShapeDtypeStruct`s carrying their shardings.
+
+  Nothing is read or initialised: shapes come from `jax.eval_shape` of the init, shardings from
+  the logical axes, dtypes from the sources (`RestoreConfig.dtype` / `FromCheckpoint.dtype`
+  casts). The ahead-of-time planner lowers the step on these.
+  """
+  if abstract is None:
+    abstract = jax.eval_shape(init_fn, rng)["params"]
+  shardings = partitioning.param_shardings(abstract_params=abstract, mesh=mesh, rules=rules)
+  flat_shardings = flat(shardings)
+  flat_abstract = flat(checkpoint_import.unbox(abstract))
+  leaves = {}
+  for name, leaf in flat_abstract.items():
+    group = assignment.group(assignment.group_of[name])
+    dtype = _read_dtype(group, name, restore, leaf.dtype)
+    leaves[name] = jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=flat_shardings[name])
+  return unflat({name: leaves[name] for name in flat_shardings}), shardings
+
+
 def split_by_paths(tree: Any, trainable_paths: Sequence[str]) -> Tuple[Dict, Dict]:
   """(trainable, frozen) nested dicts of any tree keyed like the parameters."""
   selected = set(trainable_paths)

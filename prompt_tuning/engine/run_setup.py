@@ -6,6 +6,9 @@ the trainable part (held in the `TrainState`, with optimizer state only for it) 
 part (a separate, never-donated step argument), and opens the checkpoint manager. `resume`
 continues from the model dir's latest complete step; `load_for_inference` rebuilds the same
 placement from a run's record and reads a step over it. Both use `param_loading.restore_step`.
+`abstract_setup` builds the same Session on `jax.ShapeDtypeStruct`s (nothing read, initialised or
+allocated) for any mesh, so the planner (`engine/planning.py`) can compile a step for a TPU pod
+from a machine without one.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from prompt_tuning.engine import train_state as train_state_lib
 from prompt_tuning.engine.param_loading import CHECKPOINTS_SUBDIR
 from prompt_tuning.engine.param_loading import Placed
 from prompt_tuning.engine.param_loading import RestoreConfig
+from prompt_tuning.engine.param_loading import abstract_params
 from prompt_tuning.engine.param_loading import base_checkpoint_record
 from prompt_tuning.engine.trees import flat
 from prompt_tuning.engine.param_loading import place_params
@@ -112,13 +116,31 @@ def place_groups(*, model: Any, lengths: Mapping[str, int],
 
   With `require_trainable`, a run whose groups train nothing stops before anything is read.
   """
+  return _placed_groups(place_params, model=model, lengths=lengths, groups=groups,
+                        restore=restore, mesh=mesh, rules=rules, rng=rng,
+                        require_trainable=require_trainable)
+
+
+def abstract_groups(*, model: Any, lengths: Mapping[str, int],
+                    groups: Sequence[params_lib.ParamGroup], restore: RestoreConfig,
+                    mesh: jax.sharding.Mesh, rules: Any, rng: jax.Array,
+                    require_trainable: bool = False) -> Tuple[params_lib.Assignment, Placed]:
+  """`place_groups` without reading or initialising anything: every leaf of the returned
+  `Placed` is a `jax.ShapeDtypeStruct` with its sharding (for ahead-of-time compilation)."""
+  return _placed_groups(abstract_params, model=model, lengths=lengths, groups=groups,
+                        restore=restore, mesh=mesh, rules=rules, rng=rng,
+                        require_trainable=require_trainable)
+
+
+def _placed_groups(place, *, model, lengths, groups, restore, mesh, rules, rng,
+                   require_trainable):
   init_fn = init_fn_for(model, lengths)
   assignment, abstract = assign_groups(init_fn=init_fn, rng=rng, groups=groups)
   if require_trainable and not assignment.trainable_paths:
     raise ValueError("No parameter is trainable: the model has no input hook for the default "
                      "prompt group (include a gin/prompts/ file) and no other group is trainable.")
-  params, shardings = place_params(init_fn=init_fn, assignment=assignment, restore=restore,
-                                   mesh=mesh, rules=rules, rng=rng, abstract=abstract)
+  params, shardings = place(init_fn=init_fn, assignment=assignment, restore=restore,
+                            mesh=mesh, rules=rules, rng=rng, abstract=abstract)
   return assignment, split_placed(params=params, shardings=shardings, assignment=assignment)
 
 
@@ -158,16 +180,31 @@ def _compatible_shardings(abstract: Any, shardings: Any, mesh: jax.sharding.Mesh
 def create_state(*, placed: Placed, optimizer: optax.GradientTransformation, rng: jax.Array,
                  mesh: jax.sharding.Mesh) -> Tuple[train_state_lib.TrainState, Any]:
   """A fresh TrainState (optimizer slots created in their shardings) and its shardings."""
-  create = lambda params: train_state_lib.create_train_state(  # noqa: E731
-      trainable_params=params, optimizer=optimizer, rng=rng)
-  shardings = _compatible_shardings(
-      jax.eval_shape(create, placed.trainable),
-      train_state_lib.state_shardings(optimizer=optimizer, trainable_params=placed.trainable,
-                                      trainable_shardings=placed.trainable_shardings, mesh=mesh),
-      mesh)
+  create = _state_constructor(optimizer, rng)
+  _, shardings = abstract_state(placed=placed, optimizer=optimizer, rng=rng, mesh=mesh)
   with jax.set_mesh(mesh):
     state = jax.jit(create, in_shardings=(placed.trainable_shardings,),
                     out_shardings=shardings)(placed.trainable)
+  return state, shardings
+
+
+def _state_constructor(optimizer: optax.GradientTransformation, rng: jax.Array):
+  return lambda params: train_state_lib.create_train_state(  # noqa: E731
+      trainable_params=params, optimizer=optimizer, rng=rng)
+
+
+def abstract_state(*, placed: Placed, optimizer: optax.GradientTransformation, rng: jax.Array,
+                   mesh: jax.sharding.Mesh) -> Tuple[train_state_lib.TrainState, Any]:
+  """The TrainState `create_state` would build, as `jax.ShapeDtypeStruct`s with their
+  shardings, and the shardings; nothing is allocated (works on an abstract `placed` too)."""
+  shapes = jax.eval_shape(_state_constructor(optimizer, rng), placed.trainable)
+  shardings = _compatible_shardings(
+      shapes,
+      train_state_lib.state_shardings(optimizer=optimizer, trainable_params=placed.trainable,
+                                      trainable_shardings=placed.trainable_shardings, mesh=mesh),
+      mesh)
+  state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+      leaf.shape, leaf.dtype, sharding=sharding), shapes, shardings)
   return state, shardings
 
 
@@ -294,6 +331,30 @@ def setup(*, model: Any, lengths: Mapping[str, int], mesh_config: partitioning.M
   return Session(model=model, mesh=mesh, rules=rules, state=state, placed=placed,
                  state_shardings=state_shardings, checkpoints=manager, save_frozen=save_frozen,
                  model_dir=model_dir, base_path=restore.path, assignment=assignment,
+                 optimizer=optimizer)
+
+
+def abstract_setup(*, model: Any, lengths: Mapping[str, int], mesh: jax.sharding.Mesh,
+                   rules: Any, restore: RestoreConfig, optimizer: optax.GradientTransformation,
+                   seed: int, groups: Optional[Sequence[params_lib.ParamGroup]] = None,
+                   patterns: Optional[Sequence[str]] = None) -> Session:
+  """`setup` on abstract values, for a given mesh (e.g. of a TPU topology no process is on).
+
+  The Session's `state` and `placed` hold `jax.ShapeDtypeStruct`s with shardings; it has no
+  checkpoint manager. Nothing is read, initialised or allocated, so a step lowered on it can be
+  compiled for a pod from a machine with no accelerator.
+  """
+  groups = params_lib.choose_groups(groups, patterns)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  assignment, placed = abstract_groups(model=model, lengths=lengths, groups=groups,
+                                       restore=restore, mesh=mesh, rules=rules, rng=init_rng,
+                                       require_trainable=True)
+  optimizer = group_optimizer(assignment, optimizer)
+  state, state_shardings = abstract_state(placed=placed, optimizer=optimizer, rng=train_rng,
+                                          mesh=mesh)
+  return Session(model=model, mesh=mesh, rules=rules, state=state, placed=placed,
+                 state_shardings=state_shardings, checkpoints=None, save_frozen=False,
+                 model_dir="", base_path=restore.path, assignment=assignment,
                  optimizer=optimizer)
 
 
