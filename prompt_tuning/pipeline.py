@@ -125,12 +125,19 @@ def _passed_on(flags: gin_utils.Flags) -> list:
   return args
 
 
-def main(argv: Sequence[str], *, commands: Optional[Mapping[str, Sequence[str]]] = None,
-         say: Optional[Callable[[str], None]] = None) -> Dict[str, Dict[str, Any]]:
-  """Parses flags and the pipeline's gin, then runs (or with --dry_run, prints) the plan.
+def plan_pipeline(argv: Sequence[str], *,
+                  commands: Optional[Mapping[str, Sequence[str]]] = None,
+                  say: Optional[Callable[[str], None]] = None):
+  """Parses the command line and the pipeline's gin into a plan, running nothing.
 
-  Returns `{stage: outputs}` of the stages it ran or skipped ({} for a dry run). `commands`
-  replaces the entry points' command lines (`{kind: argv prefix}`), for tests.
+  This is everything `main` does before it runs or prints: the pipeline's own flags, the gin
+  files and bindings, the step modules imported (which registers their steps), the stages
+  selected and the runner that resolves each stage's command line. Tests and tools that
+  inspect a pipeline (`runner.resolve(stage, dry_run=True)`) call it instead of `main`.
+
+  Returns `(spec, runner, own_flags)`: the configured `PipelineSpec`, a `runner.Runner` over
+  the plan (`runner.plan`), and the parsed `--pipeline_dir` / `--stages` / `--dry_run`.
+  `commands` and `say` are passed on to the runner (see `main`).
   """
   own, rest = _parse_own_flags(argv)
   flags = gin_utils.parse_flags(rest, prog="prompt_tuning.pipeline",
@@ -144,6 +151,18 @@ def main(argv: Sequence[str], *, commands: Optional[Mapping[str, Sequence[str]]]
   plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir or spec.directory,
                             selected=selected)
   runner = runner_lib.Runner(plan, extra_args=_passed_on(flags), commands=commands, say=say)
+  return spec, runner, own
+
+
+def main(argv: Sequence[str], *, commands: Optional[Mapping[str, Sequence[str]]] = None,
+         say: Optional[Callable[[str], None]] = None) -> Dict[str, Dict[str, Any]]:
+  """Parses flags and the pipeline's gin, then runs (or with --dry_run, prints) the plan.
+
+  Returns `{stage: outputs}` of the stages it ran or skipped ({} for a dry run). `commands`
+  replaces the entry points' command lines (`{kind: argv prefix}`), for tests.
+  """
+  _, runner, own = plan_pipeline(argv, commands=commands, say=say)
+  plan = runner.plan
   say = say or (lambda line: print(line, flush=True))
   if own.dry_run:
     say(runner.describe())

@@ -18,11 +18,11 @@ import pytest
 from gin import config_parser
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
 from prompt_tuning.pipelines import outputs
 from prompt_tuning.pipelines import plan as plan_lib
 from prompt_tuning.pipelines import runner as runner_lib
 from prompt_tuning.pipelines.stages import Literal, PipelineError, Stage, pipeline_step
+from tests.pipelines import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GCS = "gs://bucket/ckpt/checkpoint_1100000"
@@ -64,13 +64,7 @@ def _in_repo_root(monkeypatch):
 
 
 def _runner(argv):
-  # pylint: disable=protected-access
-  own, rest = pipeline_lib._parse_own_flags(argv)
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)
-  pipeline_lib._import_step_modules(spec.step_modules)
-  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
-  return runner_lib.Runner(plan)
+  return dry_run.plan(argv)[1]
 
 
 def _with_required(name, tmp_path, path):

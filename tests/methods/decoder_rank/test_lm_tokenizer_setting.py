@@ -8,13 +8,10 @@ import gin
 import pytest
 import seqio
 
-from prompt_tuning import pipeline as pipeline_lib
 from prompt_tuning.engine import data as data_lib
-from prompt_tuning.engine import gin_utils
 from prompt_tuning.methods.decoder_rank import json_vocabulary
 from prompt_tuning.methods.decoder_rank import tasks as rank_tasks
-from prompt_tuning.pipelines import plan as plan_lib
-from prompt_tuning.pipelines import runner as runner_lib
+from tests.pipelines import dry_run
 
 tokenizers = pytest.importorskip("tokenizers", reason="tokenizer.json files need `tokenizers`")
 
@@ -73,20 +70,12 @@ def tokenizer_json(tmp_path_factory):
 def _stage_args(tmp_path, extra=()):
   argv = [f"--gin_file={PRESET}", f"--pipeline_dir={tmp_path}",
           "--gin.BASE_CHECKPOINT='/ckpts/hf_model'", *extra]
-  # pylint: disable-next=protected-access
-  own, rest = pipeline_lib._parse_own_flags(argv)
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
-  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
-  runner = runner_lib.Runner(plan)
-  return {s.name: runner.resolve(s, dry_run=True).args for s in plan.stages}
+  _, runner, _ = dry_run.plan(argv)
+  return {s.name: runner.resolve(s, dry_run=True).args for s in runner.plan.stages}
 
 
 def _parse(args):
-  flags = gin_utils.parse_flags(args, prog="test", description="test")
-  gin.clear_config()
-  gin_utils.register_configurables()
-  gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings)
+  dry_run.parse_stage(args)
 
 
 def _dataset_config(name):

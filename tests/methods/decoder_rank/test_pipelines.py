@@ -4,17 +4,14 @@ import glob
 import os
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
 from prompt_tuning.engine import models as model_wrappers
-from prompt_tuning.pipelines import plan as plan_lib
-from prompt_tuning.pipelines import runner as runner_lib
 from prompt_tuning.prompts import providers
+from tests.pipelines import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -37,29 +34,12 @@ def _argv(name, tmp_path, extra=()):
 
 
 def _runner(name, tmp_path, extra=()):
-  # pylint: disable-next=protected-access
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
-  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
-  return {s.name: s for s in plan.stages}, runner_lib.Runner(plan)
+  _, runner, _ = dry_run.plan(_argv(name, tmp_path, extra))
+  return dry_run.stages(runner), runner
 
 
-def _parse_stage(args):
-  """Parses a stage's command line (files then bindings) as its entry point does."""
-  flags = gin_utils.parse_flags(args, prog="test", description="test")
-  gin.clear_config()
-  gin_utils.register_configurables()
-  gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings)
-
-
-def _value(name):
-  value = gin.query_parameter(name)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  if isinstance(value, gin.config.ConfigurableReference):  # a macro
-    value = _value(f"%{value.name}")
-  return value
+_parse_stage = dry_run.parse_stage
+_value = dry_run.gin_value
 
 
 def test_there_are_presets_and_tiny_variants_for_every_family():

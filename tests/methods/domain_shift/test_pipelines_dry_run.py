@@ -8,9 +8,7 @@ import gin
 import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
-from prompt_tuning.pipelines import plan as plan_lib
-from prompt_tuning.pipelines import runner as runner_lib
+from tests.pipelines import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -47,35 +45,16 @@ def _argv(name, tmp_path, extra=()):
 
 def _runner(name, tmp_path, extra=()):
   """The pipeline's plan and runner, as `python -m prompt_tuning.pipeline` builds them."""
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))  # pylint: disable=protected-access
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)  # pylint: disable=protected-access
-  pipeline_lib._import_step_modules(spec.step_modules)  # pylint: disable=protected-access
-  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
-  return spec, runner_lib.Runner(plan)
+  spec, runner, _ = dry_run.plan(_argv(name, tmp_path, extra))
+  return spec, runner
 
 
 def _parse_stage(args, kind):
   """Parses a stage's command line (files, then bindings) like its entry point does."""
-  from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
-  flags = gin_utils.parse_flags(args, prog="test", description="test")
-  gin.clear_config()
-  gin_utils.register_configurables()
-  if kind == "train":
-    gin_utils.configurable_entry(train_lib.train, "train")
-  else:
-    gin_utils.configurable_entry(eval_lib.evaluate, "evaluate")
-  gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings)
+  dry_run.parse_stage(args, "train" if kind == "train" else "evaluate")
 
 
-def _value(name):
-  value = gin.query_parameter(name)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  if isinstance(value, gin.config.ConfigurableReference):  # a macro
-    value = gin.query_parameter(f"%{value.name}")
-  return value
+_value = dry_run.gin_value
 
 
 def _bound(name):
@@ -85,8 +64,7 @@ def _bound(name):
     return None
 
 
-def _stages(runner):
-  return {s.name: s for s in runner.plan.stages}
+_stages = dry_run.stages
 
 
 def test_there_is_a_preset_per_experiment_and_size_and_a_tiny_variant_each():

@@ -4,11 +4,10 @@ import re
 
 import pytest
 
-from prompt_tuning import pipeline
-from prompt_tuning.engine import gin_utils
 from prompt_tuning.methods.reader import crossfit
 from prompt_tuning.methods.reader import steps
 from tests.methods.reader.conftest import planted_records, write_json
+from tests.pipelines import dry_run
 
 
 def _questions(records):
@@ -44,10 +43,9 @@ def test_scoring_a_question_the_reranker_was_trained_on_is_refused(tmp_path):
                        trained_on=[train], file=leaked, preset="t5_1_1_tiny", passage_length=8)
 
 
-def _stages(gin_file, bindings=()):
-  flags = gin_utils.parse_flags([f"--gin_file={gin_file}"] +
-                                [f"--gin.{b}" for b in bindings], prog="t", description="t")
-  spec = pipeline._configured_pipeline(flags)  # pylint: disable=protected-access
+def _stages(gin_file, pipeline_dir, bindings=()):
+  spec, _, _ = dry_run.plan([f"--gin_file={gin_file}", f"--pipeline_dir={pipeline_dir}"] +
+                            [f"--gin.{b}" for b in bindings])
   return {s.name: s for s in spec.stages}
 
 
@@ -63,8 +61,9 @@ def _reference(value):
      ("TRAIN_FILE='/d/train.json'", "DEV_FILE='/d/dev.json'", "TEST_FILE='/d/test.json'",
       "RERANKER_BASE='/c/base'", "READER_BASE='/c/xxl'")),
 ])
-def test_each_scoring_stage_reads_a_reranker_trained_on_other_questions(gin_file, bindings):
-  stages = _stages(gin_file, bindings)
+def test_each_scoring_stage_reads_a_reranker_trained_on_other_questions(gin_file, bindings,
+                                                                       tmp_path):
+  stages = _stages(gin_file, tmp_path / "pipe", bindings)
   scoring = [s for s in stages.values() if s.kind == "reader_score"]
   assert sorted(s.name for s in scoring) == ["score_a", "score_b", "score_dev", "score_test"]
   split_inputs = stages["split"].inputs

@@ -8,9 +8,7 @@ import gin
 import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
-from prompt_tuning.pipelines import plan as plan_lib
-from prompt_tuning.pipelines import runner as runner_lib
+from tests.pipelines import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -38,31 +36,12 @@ def _argv(name, tmp_path, extra=()):
 
 
 def _stages(name, tmp_path, extra=()):
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)
-  pipeline_lib._import_step_modules(spec.step_modules)
-  runner = runner_lib.Runner(plan_lib.make_plan(spec.stages, directory=own.pipeline_dir,
-                                                selected=[]))
+  _, runner, _ = dry_run.plan(_argv(name, tmp_path, extra))
   return {s.name: runner.resolve(s, dry_run=True) for s in runner.plan.stages}
 
 
-def _parse_stage(args):
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
-  flags = gin_utils.parse_flags(args, prog="test", description="test")
-  gin.clear_config()
-  gin_utils.register_configurables()
-  gin_utils.configurable_entry(train_lib.train, "train")
-  gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings)
-
-
-def _value(name):
-  value = gin.query_parameter(name)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  if isinstance(value, gin.config.ConfigurableReference):  # a macro
-    value = gin.query_parameter(f"%{value.name}")
-  return value
+_parse_stage = dry_run.parse_train_stage
+_value = dry_run.gin_value
 
 
 def test_there_are_tpu_presets_and_tiny_variants():

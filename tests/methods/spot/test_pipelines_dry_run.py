@@ -8,9 +8,7 @@ import gin
 import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
-from prompt_tuning.pipelines import plan as plan_lib
-from prompt_tuning.pipelines import runner as runner_lib
+from tests.pipelines import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -40,35 +38,18 @@ def _argv(name, tmp_path, extra=()):
 
 def _runner(name, tmp_path, extra=()):
   """The pipeline's plan and runner, as `python -m prompt_tuning.pipeline` builds them."""
-  # pylint: disable=protected-access
-  own, rest = pipeline_lib._parse_own_flags(_argv(name, tmp_path, extra))
-  flags = gin_utils.parse_flags(rest, prog="test", description="test")
-  spec = pipeline_lib._configured_pipeline(flags)
-  pipeline_lib._import_step_modules(spec.step_modules)
-  plan = plan_lib.make_plan(spec.stages, directory=own.pipeline_dir, selected=[])
-  return runner_lib.Runner(plan)
+  return dry_run.plan(_argv(name, tmp_path, extra))[1]
 
 
 def _parse_stage(args):
   """Parses a train stage's command line (files then bindings) like the train entry point."""
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
   # A dry run cannot know what retrieval will return: stand in two tasks for it.
   args = [a if not a.startswith("--gin.MIXTURE_TASKS=") else
           "--gin.MIXTURE_TASKS=['glue_mnli_v200', 'glue_qnli_v200']" for a in args]
-  flags = gin_utils.parse_flags(args, prog="test", description="test")
-  gin.clear_config()
-  gin_utils.register_configurables()
-  gin_utils.configurable_entry(train_lib.train, "train")
-  gin_utils.parse_gin(gin_files=flags.gin_files, gin_bindings=flags.gin_bindings)
+  dry_run.parse_train_stage(args)
 
 
-def _value(name):
-  value = gin.query_parameter(name)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  if isinstance(value, gin.config.ConfigurableReference):  # a macro
-    value = gin.query_parameter(f"%{value.name}")
-  return value
+_value = dry_run.gin_value
 
 
 def test_there_is_every_pipeline_for_both_models():
