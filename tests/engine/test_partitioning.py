@@ -180,6 +180,7 @@ def test_overlapping_host_rows_are_rejected():
 
 GIN_EXPECTATIONS = {
     "v3_8.gin": (8, (8, 1)),
+    "v3_32.gin": (32, (4, 8)),
     "v4_32.gin": (16, (16, 1)),
     "v5e_16.gin": (16, (16, 1)),
     "model_parallel_xl.gin": (16, (4, 4)),
