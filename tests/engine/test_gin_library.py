@@ -23,7 +23,11 @@ MODEL_FILES = {
     "byte_t5_tiny.gin": "t5_1_1_tiny",
     "decoder_only_tiny.gin": "decoder_only_tiny",
 }
-SHARED_MODEL_FILES = {"encoder_decoder.gin", "decoder_only.gin"}
+# pod_scale.gin: the bfloat16-activation and remat settings the XL and XXL size files include.
+SHARED_MODEL_FILES = {"encoder_decoder.gin", "decoder_only.gin", "pod_scale.gin"}
+POD_SCALE_FILES = {name for name in MODEL_FILES
+                   if "include 'gin/models/pod_scale.gin'"
+                   in (REPO / "gin" / "models" / name).read_text()}
 # The rotary decoder family's files, tested in tests/models/test_llama_presets.py.
 ROTARY_MODEL_FILES = {p.name for p in (REPO / "gin" / "models").glob("*.gin")
                       if "include 'gin/models/rotary_decoder.gin'" in p.read_text()
@@ -60,12 +64,41 @@ def test_model_file_builds_its_preset(name, preset):
     assert (config.vocab_size, config.emb_dim, config.num_heads) == (260, 64, 4)
   elif name == "decoder_only_tiny.gin":
     assert config == expected.replace(vocab_size=260)
+  elif name in POD_SCALE_FILES:
+    assert config == expected.replace(dtype="bfloat16", remat_policy="dots")
   else:
     assert config == expected
   wrapper = (model_wrappers.DecoderOnlyModel if preset.startswith("decoder_only")
              else model_wrappers.EncoderDecoderModel)
   assert isinstance(model, wrapper) and model.module.input_hook is None
   assert config.dropout_rate == 0.0
+
+
+def test_xl_and_xxl_files_and_only_they_take_the_pod_scale_memory_settings():
+  assert POD_SCALE_FILES == {f"{family}_{size}.gin" for size in ("xl", "xxl")
+                             for family in ("t5_1_1", "t5_1_1_lm100k", "mt5")}
+
+
+@pytest.mark.parametrize("bindings, expected", [
+    ([], ("bfloat16", "float32", "dots")),
+    (["REMAT_POLICY='full'", "ACTIVATION_DTYPE='float32'", "PARAM_DTYPE='bfloat16'"],
+     ("float32", "bfloat16", "full")),
+])
+def test_memory_macros_reach_the_model_config(bindings, expected):
+  parse(["gin/models/t5_1_1_xxl.gin"], bindings)
+  config = gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
+  assert (config.dtype, config.param_dtype, config.remat_policy) == expected
+
+
+@pytest.mark.parametrize("bindings, expected", [([], None), (["FROZEN_DTYPE='bfloat16'"],
+                                                             "bfloat16")])
+def test_frozen_dtype_macro_sets_the_cast_of_the_base(bindings, expected):
+  parse(["gin/models/t5_1_1_tiny.gin", "gin/prompts/random_uniform.gin",
+         "gin/runs/prompt_tuning.gin"],
+        ["MODEL_DIR='/tmp/x'", "INITIAL_CHECKPOINT_PATH='/ckpt'", "MIXTURE_OR_TASK_NAME='rte'",
+         *bindings])
+  restore = gin.query_parameter("train.restore_cfg").scoped_configurable_fn()
+  assert restore.path == "/ckpt" and restore.dtype == expected
 
 
 def test_prompt_tuning_run_defaults_follow_the_paper():
