@@ -168,7 +168,7 @@ class LMConnectorLMModel(DecoderOnlyModel):
                   "decoder_causal_attention")
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     logits, index = self.sequence_logits(
-        params, batch["decoder_input_tokens"], (targets > 0).astype(jnp.int32),
+        params, batch["decoder_input_tokens"], self._decoder_mask(batch),
         batch["decoder_causal_attention"].astype(jnp.int32), self._hook_inputs(batch),
         dropout_rng)
     inserted = index < 0
