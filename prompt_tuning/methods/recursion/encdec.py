@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.engine.models import EncoderDecoderModel
-from prompt_tuning.methods.recursion.model import (MODES, split_connector_params,
+from prompt_tuning.methods.recursion.model import (check_connector, split_connector_params,
                                                    to_input_positions, with_connector)
 from prompt_tuning.models.inputs import embedded_from_tokens
 
@@ -40,11 +40,7 @@ class EncoderConnectorModel(EncoderDecoderModel):
       mode: 'lm_c_lm', 'c_lm' or 'lm_c' (see the module docstring).
       **kwargs: as `EncoderDecoderModel`.
     """
-    if mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if connector.config.emb_dim != module.config.emb_dim:
-      raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
-                       f"encoder-decoder's {module.config.emb_dim}.")
+    check_connector(mode, connector, module, owner="encoder-decoder")
     super().__init__(module, **kwargs)
     self.connector = connector
     self.mode = mode

@@ -59,6 +59,16 @@ def to_input_positions(states: jax.Array, input_index: jax.Array, length: int) -
   return jax.vmap(one)(states, input_index)
 
 
+def check_connector(mode: str, connector, module, *, owner: str) -> None:
+  """Refuses an unknown `mode`, or a `connector` whose width differs from `module`'s (named
+  `owner` in the sentence: 'LM', 'encoder-decoder')."""
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+  if connector.config.emb_dim != module.config.emb_dim:
+    raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
+                     f"{owner}'s {module.config.emb_dim}.")
+
+
 def with_connector(variables, connector, rng: jax.Array, *, batch_size: int, length: int,
                    owner: str) -> Dict[str, Any]:
   """`variables` of the base model (its `owner` name in errors: 'LM', 'model') with a freshly
@@ -91,11 +101,7 @@ class LMConnectorLMModel(DecoderOnlyModel):
       mode: 'lm_c_lm', 'c_lm' or 'lm_c' (see the module docstring).
       **kwargs: as `DecoderOnlyModel`.
     """
-    if mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if connector.config.emb_dim != module.config.emb_dim:
-      raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
-                       f"LM's {module.config.emb_dim}.")
+    check_connector(mode, connector, module, owner="LM")
     super().__init__(module, **kwargs)
     self.connector = connector
     self.mode = mode

@@ -220,5 +220,5 @@ def test_bad_configuration_is_refused_with_a_clear_sentence():
     LMConnectorLMModel(DecoderOnly(cfg), connector=Connector(cfg), mode="c_lm_c")
   narrow = get_config("decoder_only_tiny", vocab_size=VOCAB, emb_dim=8, num_heads=2, head_dim=4,
                       mlp_dim=16, num_decoder_layers=1)
-  with pytest.raises(ValueError, match="width 8 differs"):
+  with pytest.raises(ValueError, match="width 8 differs from the LM's 16"):
     LMConnectorLMModel(DecoderOnly(cfg), connector=Connector(narrow))
