@@ -84,7 +84,7 @@ class MetricsWriter:
     self._wrote = False
 
   def jsonl_path(self, kind: str) -> str:
-    return os.path.join(self.model_dir, "metrics", f"{kind}.jsonl")
+    return metrics_file(self.model_dir, kind)
 
   @property
   def learning_curves_path(self) -> str:
@@ -185,6 +185,32 @@ def read_jsonl(path: str) -> list:
   """The records of a metrics JSONL file, in order."""
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def metrics_file(model_dir: str, kind: str) -> str:
+  """`<model_dir>/metrics/<kind>.jsonl`, where `MetricsWriter` writes a kind's records."""
+  return os.path.join(model_dir, "metrics", f"{kind}.jsonl")
+
+
+def last_eval_metrics(path: str) -> Dict[str, float]:
+  """The metrics of the last record of a finished evaluation, without its step, as floats.
+
+  `path` is a metrics JSONL file, or a run folder (its `metrics/infer_eval.jsonl` is read).
+  Reports that compare finished eval runs read them here, with one set of error sentences.
+  """
+  if os.path.isdir(path):
+    path = metrics_file(path, "infer_eval")
+  if not os.path.isfile(path):
+    raise ValueError(f"No evaluation metrics file {path}; has that eval stage finished?")
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  if not lines:
+    raise ValueError(f"Evaluation metrics file {path} is empty.")
+  try:
+    record = json.loads(lines[-1])
+  except json.JSONDecodeError:
+    raise ValueError(f"The last line of {path} is not a JSON record.") from None
+  return {k: float(v) for k, v in record.items() if k != "step"}
 
 
 def show_progress(stream: Optional[TextIO] = None, *, primary: bool = True) -> bool:

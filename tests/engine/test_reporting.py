@@ -2,6 +2,7 @@
 TensorBoard summaries through clu, the learning-curve PNG, and rows dropped on resume."""
 import io
 import json
+import os
 import struct
 
 import numpy as np
@@ -222,3 +223,24 @@ def test_a_metric_of_several_tasks_also_gets_its_average():
   assert flat == {"rte/accuracy": 60.0, "rte/f1": 50.0, "cb/accuracy": 80.0,
                   "copa/accuracy": 70.0, "average/accuracy": 70.0}
   assert reporting.flatten_eval_metrics({"rte": {"accuracy": 60.0}}) == {"rte/accuracy": 60.0}
+
+
+def test_last_eval_metrics_reads_the_last_record_and_names_each_bad_file(tmp_path):
+  path = reporting.metrics_file(str(tmp_path), "infer_eval")
+  assert path == str(tmp_path / "metrics" / "infer_eval.jsonl")
+  with pytest.raises(ValueError, match="No evaluation metrics file .*has that eval stage"):
+    reporting.last_eval_metrics(str(tmp_path))
+  os.makedirs(os.path.dirname(path))
+  with open(path, "w") as f:
+    f.write("\n")
+  with pytest.raises(ValueError, match="infer_eval.jsonl is empty"):
+    reporting.last_eval_metrics(path)
+  with open(path, "w") as f:
+    f.write('{"step": 10, "a/accuracy": 50}\n{"step": 20, "a/accuracy": 75.5, "b/f1": 3}\n\n')
+  expected = {"a/accuracy": 75.5, "b/f1": 3.0}
+  assert reporting.last_eval_metrics(path) == expected
+  assert reporting.last_eval_metrics(str(tmp_path)) == expected  # the run folder
+  with open(path, "a") as f:
+    f.write('{"step": 30, "a/acc\n')
+  with pytest.raises(ValueError, match="last line of .*infer_eval.jsonl is not a JSON record"):
+    reporting.last_eval_metrics(path)

@@ -41,44 +41,38 @@ def llama_wrapper(name="llama_tiny", **overrides):
   return model_wrappers.DecoderOnlyModel(LlamaDecoder(config=config))
 
 
-def test_bos_layout_keeps_target_id_zero():
-  wrapper = llama_wrapper(bos_token_id=5)
-  assert wrapper.start_token == 5
-  batch = convert(wrapper)
-  np.testing.assert_array_equal(batch["decoder_input_tokens"], [
-      [5, 7, 8, 9, 0, 0, 0, 0, 0],
-      [5, 3, 4, 5, 6, 7, 12, 0, 0]])
-  np.testing.assert_array_equal(batch["decoder_target_tokens"], [
-      [7, 8, 9, 0, 11, 0, 0, 0, 0],
-      [3, 4, 5, 6, 7, 12, 0, 0, 13]])
-  # The target "0" of row 0 (slot 3) and both zeros of row 1 are weighted.
-  np.testing.assert_array_equal(batch["decoder_loss_weights"], [
-      [0, 0, 0, 1, 1, 0, 0, 0, 0],
-      [0, 0, 0, 0, 0, 1, 1, 1, 1]])
-  np.testing.assert_array_equal(batch["decoder_causal_attention"], [
-      [1, 1, 1, 1, 0, 0, 0, 0, 0],
-      [1, 1, 1, 1, 1, 1, 0, 0, 0]])
-  np.testing.assert_array_equal(sequence_start.real_positions(batch), [
-      [1, 1, 1, 1, 1, 0, 0, 0, 0],
-      [1, 1, 1, 1, 1, 1, 1, 1, 1]])
+LAYOUTS = {
+    # BOS 5 first; the target "0" of row 0 (slot 3) and both zeros of row 1 are weighted.
+    "bos": dict(
+        wrapper=dict(bos_token_id=5), start_token=5,
+        decoder_input_tokens=[[5, 7, 8, 9, 0, 0, 0, 0, 0], [5, 3, 4, 5, 6, 7, 12, 0, 0]],
+        decoder_target_tokens=[[7, 8, 9, 0, 11, 0, 0, 0, 0], [3, 4, 5, 6, 7, 12, 0, 0, 13]],
+        decoder_loss_weights=[[0, 0, 0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 1]],
+        decoder_causal_attention=[[1, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]],
+        real_positions=[[1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1]]),
+    # Qwen2 has no start token: the tokens themselves are the decoder input, and the last
+    # one predicts nothing.
+    "qwen2": dict(
+        wrapper=dict(name="qwen2_tiny"), start_token=None,
+        decoder_input_tokens=[[7, 8, 9, 0, 11, 0, 0, 0, 0], [3, 4, 5, 6, 7, 12, 0, 0, 13]],
+        decoder_target_tokens=[[8, 9, 0, 11, 0, 0, 0, 0, 0], [4, 5, 6, 7, 12, 0, 0, 13, 0]],
+        decoder_loss_weights=[[0, 0, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1, 0]],
+        decoder_causal_attention=[[1, 1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0, 0]],
+        real_positions=[[1, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0]]),
+}
 
 
-def test_qwen2_has_no_start_token():
-  wrapper = llama_wrapper("qwen2_tiny")
-  assert wrapper.start_token is None
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_converted_layout_keeps_target_id_zero(layout):
+  expected = LAYOUTS[layout]
+  wrapper = llama_wrapper(**expected["wrapper"])
+  assert wrapper.start_token == expected["start_token"]
   batch = convert(wrapper)
-  np.testing.assert_array_equal(batch["decoder_input_tokens"], [
-      [7, 8, 9, 0, 11, 0, 0, 0, 0],
-      [3, 4, 5, 6, 7, 12, 0, 0, 13]])
-  np.testing.assert_array_equal(batch["decoder_target_tokens"], [
-      [8, 9, 0, 11, 0, 0, 0, 0, 0],
-      [4, 5, 6, 7, 12, 0, 0, 13, 0]])
-  np.testing.assert_array_equal(batch["decoder_loss_weights"], [
-      [0, 0, 1, 1, 0, 0, 0, 0, 0],
-      [0, 0, 0, 0, 1, 1, 1, 1, 0]])
-  np.testing.assert_array_equal(batch["decoder_causal_attention"], [
-      [1, 1, 1, 0, 0, 0, 0, 0, 0],
-      [1, 1, 1, 1, 1, 0, 0, 0, 0]])
+  for key in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+              "decoder_causal_attention"):
+    np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
+  np.testing.assert_array_equal(sequence_start.real_positions(batch),
+                                expected["real_positions"])
 
 
 def test_target_zero_is_in_the_loss():

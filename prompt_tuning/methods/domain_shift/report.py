@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import re
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from prompt_tuning.engine import reporting
 
 METHODS = {"pt": "prompt tuning", "mt": "model tuning"}
 STAGE = re.compile(r"^(?P<method>[a-z]+)_seed(?P<seed>\d+)_eval$")
@@ -58,21 +59,8 @@ class Row:
     return self.summaries[first].mean - self.summaries[second].mean
 
 
-def read_metrics(path: str) -> Dict[str, float]:
-  """The last row of an eval run's `infer_eval.jsonl` (a file, or the run folder holding it)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILE)
-  if not os.path.isfile(path):
-    raise ValueError(f"No evaluation metrics file {path}; has that eval stage finished?")
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  if not lines:
-    raise ValueError(f"Evaluation metrics file {path} is empty.")
-  try:
-    record = json.loads(lines[-1])
-  except json.JSONDecodeError:
-    raise ValueError(f"The last line of {path} is not a JSON record.") from None
-  return {k: float(v) for k, v in record.items() if k != "step"}
+# The last row of an eval run's `infer_eval.jsonl` (a file, or the run folder holding it).
+read_metrics = reporting.last_eval_metrics
 
 
 def collect(pipeline_dir: str) -> Dict[str, List[str]]:

@@ -50,31 +50,42 @@ def format_only(batch: Mapping[str, np.ndarray], rng: np.random.Generator) -> Di
 
 def _prefix_lm_format_only(batch: Mapping[str, np.ndarray],
                            order: np.ndarray) -> Dict[str, Any]:
-  """Row i becomes row i's input then row order[i]'s target, laid out as seqio's
-  `PrefixLMFeatureConverter` lays out an unpacked example (inputs, targets, zero padding;
-  decoder inputs shifted right by one; causal attention over the inputs and one more slot)."""
+  """Row i becomes row i's input then row order[i]'s target, laid out as the batch's converter
+  lays out an unpacked example: seqio's `PrefixLMFeatureConverter` (start token 0, inputs,
+  targets, zero padding; decoder inputs shifted right by one) or `StartTokenPrefixLMConverter`
+  with a start token (the same, that token first, decoder inputs zero past the sequence); causal
+  attention over the start slot and the inputs.
+
+  Lengths come from the masks (`decoder_causal_attention`, `decoder_loss_weights`), never from
+  token ids: a real token may have id 0 (Llama 3's "!").
+  """
   tokens = np.asarray(batch["decoder_target_tokens"])
   weights = np.asarray(batch["decoder_loss_weights"])
   causal = np.asarray(batch["decoder_causal_attention"])
   length = tokens.shape[1]
   n_inputs = causal.sum(axis=1) - 1  # the converter marks one slot past the inputs
-  n_total = (tokens != 0).sum(axis=1)
+  weighted = weights > 0  # a row ends at its last weighted target (or with its inputs)
+  last_weighted = np.where(weighted.any(axis=1), length - np.argmax(weighted[:, ::-1], axis=1), 0)
+  n_total = np.maximum(n_inputs, last_weighted)
   new_tokens, new_weights = np.zeros_like(tokens), np.zeros_like(weights)
+  real = np.zeros(tokens.shape, bool)
   for i, j in enumerate(order):
     ni, nj = n_inputs[i], n_inputs[j]
     row = np.concatenate([tokens[i, :ni], tokens[j, nj:n_total[j]]])[:length]
     row_weights = np.concatenate([weights[i, :ni], weights[j, nj:n_total[j]]])[:length]
     new_tokens[i, :len(row)], new_weights[i, :len(row)] = row, row_weights
-  new_inputs = np.zeros_like(tokens)
-  new_inputs[:, 1:] = new_tokens[:, :-1]
+    real[i, :len(row)] = True
+  starts = np.asarray(batch["decoder_input_tokens"])[:, :1]
+  new_inputs = np.concatenate([starts, new_tokens[:, :-1]], axis=1).astype(tokens.dtype)
+  if starts.any():  # a start-token layout: nothing past the sequence
+    new_inputs = np.where(real, new_inputs, 0)
   out = dict(batch)
   out.update(decoder_target_tokens=new_tokens, decoder_input_tokens=new_inputs,
              decoder_loss_weights=new_weights)
-  nonzero = (new_tokens != 0).astype(tokens.dtype)
   if "decoder_segment_ids" in batch:
-    out["decoder_segment_ids"] = nonzero
+    out["decoder_segment_ids"] = real.astype(tokens.dtype)
   if "decoder_positions" in batch:
-    out["decoder_positions"] = np.where(nonzero > 0, np.arange(length)[None], 0)
+    out["decoder_positions"] = np.where(real, np.arange(length)[None], 0)
   return out
 
 

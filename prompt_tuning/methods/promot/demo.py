@@ -26,38 +26,31 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+from prompt_tuning.methods import demo_common
 from prompt_tuning.methods.promot import demo_tasks
 from prompt_tuning.methods.promot import evaluation
 from prompt_tuning.methods.promot import report
 
 MODULE = "prompt_tuning.methods.promot.demo_tasks"
-MODEL_GIN = "gin/models/byte_t5_tiny.gin"
+MODEL_GIN = demo_common.MODEL_GIN
 PROMPT_GIN = "gin/prompts/random_uniform.gin"
 PROMPT_LENGTH = 8
 TARGET_METRIC = f"{demo_tasks.TARGET_TASK}/accuracy"
 
 
-def _args(files: Sequence[str], bindings: Dict[str, object]) -> List[str]:
-  text = lambda v: v if isinstance(v, str) else repr(v)  # gin text, as on the command line
-  return [f"--gin_file={f}" for f in files] + [f"--gin.{k}={text(v)}" for k, v in bindings.items()]
-
-
 def _common(model_dir: str, task: str, steps: int) -> Dict[str, object]:
-  return {"MODEL_DIR": repr(model_dir), "MIXTURE_OR_TASK_NAME": repr(task),
-          "TASK_MODULE": repr(MODULE), "TASK_FEATURE_LENGTHS": dict(demo_tasks.LENGTHS),
-          "TRAIN_STEPS": steps, "CHECKPOINT_PERIOD": steps, "EVAL_PERIOD": steps,
-          "DROPOUT_RATE": 0.0}
+  return demo_common.run_bindings(model_dir, task, MODULE, demo_tasks.LENGTHS, steps)
 
 
 def base_args(model_dir: str, steps: int) -> List[str]:
-  return _args([MODEL_GIN, "gin/runs/finetune.gin", "gin/runs/smoke.gin"], {
-      **_common(model_dir, demo_tasks.TRAIN_MIXTURE, steps), "INITIAL_CHECKPOINT_PATH": "None",
-      "train.optimizer": "@optimizers.adam()", "optimizers.adam.learning_rate": 3e-3})
+  return demo_common.base_args(model_dir, task=demo_tasks.TRAIN_MIXTURE, module=MODULE,
+                               lengths=demo_tasks.LENGTHS, steps=steps)
 
 
 def stage1_args(model_dir: str, base: str, steps: int) -> List[str]:
-  return _args([MODEL_GIN, PROMPT_GIN, "gin/runs/prompt_tuning.gin",
-                "gin/methods/promot/runs/stage1.gin", "gin/runs/smoke.gin"], {
+  files = [MODEL_GIN, PROMPT_GIN, "gin/runs/prompt_tuning.gin",
+           "gin/methods/promot/runs/stage1.gin", "gin/runs/smoke.gin"]
+  return demo_common.gin_args(files, {
       **_common(model_dir, demo_tasks.TARGET_TASK, steps), "INITIAL_CHECKPOINT_PATH": repr(base),
       "BEST_METRIC": repr(TARGET_METRIC), "PROMPT_LENGTH": PROMPT_LENGTH,
       "DECODER_PARAMS": "None", "CHECKPOINT_PERIOD": max(1, steps // 3),
@@ -65,16 +58,18 @@ def stage1_args(model_dir: str, base: str, steps: int) -> List[str]:
 
 
 def stage2_args(model_dir: str, base: str, prompt_checkpoint: str, steps: int) -> List[str]:
-  return _args([MODEL_GIN, PROMPT_GIN, "gin/runs/prompt_tuning.gin",
-                "gin/methods/promot/runs/stage2.gin", "gin/runs/smoke.gin"], {
+  files = [MODEL_GIN, PROMPT_GIN, "gin/runs/prompt_tuning.gin",
+           "gin/methods/promot/runs/stage2.gin", "gin/runs/smoke.gin"]
+  return demo_common.gin_args(files, {
       **_common(model_dir, demo_tasks.TARGET_TASK, steps), "INITIAL_CHECKPOINT_PATH": repr(base),
       "PROMPT_CHECKPOINT": repr(prompt_checkpoint), "BEST_METRIC": repr(TARGET_METRIC),
       "PROMPT_LENGTH": PROMPT_LENGTH, "DECODER_PARAMS": "None"})
 
 
 def finetune_args(model_dir: str, base: str, steps: int) -> List[str]:
-  return _args([MODEL_GIN, "gin/runs/finetune.gin", "gin/methods/promot/runs/finetune.gin",
-                "gin/runs/smoke.gin"], {
+  files = [MODEL_GIN, "gin/runs/finetune.gin", "gin/methods/promot/runs/finetune.gin",
+           "gin/runs/smoke.gin"]
+  return demo_common.gin_args(files, {
       **_common(model_dir, demo_tasks.TARGET_TASK, steps), "INITIAL_CHECKPOINT_PATH": repr(base),
       "BEST_METRIC": repr(TARGET_METRIC), "DECODER_PARAMS": "None"})
 
@@ -90,11 +85,7 @@ def _evaluate(run_dir: str, output_dir: str, task: str, *, prompt: bool) -> Dict
 
 
 def _train(args: List[str]):
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.pipelines import outputs  # pylint: disable=g-import-not-at-top
-  result = train_lib.main(args)
-  model_dir = os.path.dirname(result.checkpoint_dir.rstrip("/"))
-  return outputs.read("train", model_dir)
+  return demo_common.train(args)[1]
 
 
 def run(*, work_dir: Optional[str] = None, base_steps: int = 1000, prompt_steps: int = 300,

@@ -12,14 +12,13 @@ as one evaluation mixture. Byte vocabulary, no files; fixed seeds per split and 
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
-from prompt_tuning.data import metrics
 from prompt_tuning.data import registry
+from prompt_tuning.methods import demo_common
 
 FORMATS = ("first", "last", "second", "count", "big")
 TARGET_FORMAT = "odd"
@@ -27,7 +26,6 @@ TARGET_TASK = "promot_demo_odd"
 TRAIN_MIXTURE = "promot_demo_formats"
 EVAL_MIXTURE = "promot_demo_formats_eval"
 SPLIT_SIZES = {"train": 4096, "validation": 256}
-VOCABULARY = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 16, "targets": 4}
 
 
@@ -64,28 +62,11 @@ def generate(fmt: str, split: str) -> Dict[str, List[str]]:
   return {"inputs": inputs, "targets": targets}
 
 
-def _source(fmt: str) -> seqio.DataSource:
-  def dataset_fn(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
-    del shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(generate(fmt, split))
-  return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(SPLIT_SIZES),
-                                  num_input_examples=dict(SPLIT_SIZES))
-
-
-def _strip(text, example=None, is_target=False):
-  del example, is_target
-  return text.strip() if isinstance(text, str) else text.decode("utf-8").strip()
-
-
 def register() -> None:
   """Registers the six tasks and both mixtures (idempotent)."""
-  features = {"inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
-              "targets": seqio.Feature(vocabulary=VOCABULARY, add_eos=True)}
   for fmt in FORMATS + (TARGET_FORMAT,):
-    registry.add_task(
-        task_name(fmt), source=_source(fmt),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features=features, postprocess_fn=_strip, metric_fns=[metrics.accuracy])
+    registry.add_task(task_name(fmt), source=demo_common.generated_source(
+        functools.partial(generate, fmt), SPLIT_SIZES), **demo_common.text_task_kwargs())
   registry.add_mixture(TRAIN_MIXTURE, [task_name(f) for f in FORMATS], default_rate=1.0)
   registry.add_mixture(EVAL_MIXTURE, [task_name(f) for f in FORMATS], default_rate=1.0)
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from prompt_tuning.engine import reporting
+
 WITH_PROMPT = "with_prompt"
 WITHOUT_PROMPT = "without_prompt"
 METRICS_FILE = "metrics.json"
@@ -97,19 +99,6 @@ def step_folder(run_dir: str, step: Optional[int]) -> str:
   return os.path.join(run_dir, "checkpoints", str(step))
 
 
-def read_metrics(output_dir: str) -> Dict[str, float]:
-  """The last record of an eval run's `metrics/infer_eval.jsonl`, without its step."""
-  path = os.path.join(output_dir, "metrics", "infer_eval.jsonl")
-  if not os.path.isfile(path):
-    raise ValueError(f"The evaluation in {output_dir} wrote no metrics file {path}.")
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  if not lines:
-    raise ValueError(f"The metrics file {path} is empty.")
-  record = json.loads(lines[-1])
-  return {k: float(v) for k, v in record.items() if k != "step"}
-
-
 def check_inputs(*, run_dir: Optional[str], base_checkpoint: Optional[str],
                  gin_files: Sequence[str]) -> None:
   """Stops, before any evaluation starts, on a missing run, checkpoint or gin file."""
@@ -162,7 +151,8 @@ def evaluate_both(*, output_dir: str, run_dir: Optional[str], step: Optional[int
       if done.returncode != 0:
         raise ValueError(f"Evaluating {entry.task!r} {kind.replace('_', ' ')} failed with exit "
                          f"status {done.returncode}; see the log above.")
-      results[kind].update(read_metrics(folder))
+      results[kind].update(reporting.last_eval_metrics(
+          reporting.metrics_file(folder, "infer_eval")))
   with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
     json.dump(results, f, indent=1, sort_keys=True)
   return results

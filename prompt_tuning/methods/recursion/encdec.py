@@ -21,14 +21,12 @@ names and logical axes), since both passes it sits between are bidirectional.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
-
-import flax
 import jax
 import jax.numpy as jnp
 
 from prompt_tuning.engine.models import EncoderDecoderModel
-from prompt_tuning.methods.recursion.model import CONNECTOR, MODES, to_input_positions
+from prompt_tuning.methods.recursion.model import (check_connector, split_connector_params,
+                                                   to_input_positions, with_connector)
 from prompt_tuning.models.inputs import embedded_from_tokens
 
 
@@ -42,11 +40,7 @@ class EncoderConnectorModel(EncoderDecoderModel):
       mode: 'lm_c_lm', 'c_lm' or 'lm_c' (see the module docstring).
       **kwargs: as `EncoderDecoderModel`.
     """
-    if mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if connector.config.emb_dim != module.config.emb_dim:
-      raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
-                       f"encoder-decoder's {module.config.emb_dim}.")
+    check_connector(mode, connector, module, owner="encoder-decoder")
     super().__init__(module, **kwargs)
     self.connector = connector
     self.mode = mode
@@ -55,23 +49,13 @@ class EncoderConnectorModel(EncoderDecoderModel):
   def get_initial_variables(self, rng, *, batch_size: int, encoder_length: int,
                             decoder_length: int, lengths=None):
     model_rng, connector_rng = jax.random.split(rng)
-    variables = flax.core.unfreeze(super().get_initial_variables(
+    variables = super().get_initial_variables(
         model_rng, batch_size=batch_size, encoder_length=encoder_length,
-        decoder_length=decoder_length, lengths=lengths))
-    if CONNECTOR in variables["params"]:
-      raise ValueError(f"The model already has a top-level '{CONNECTOR}' parameter entry.")
-    states = jnp.zeros((batch_size, encoder_length, self.module.config.emb_dim))
-    mask = jnp.ones((batch_size, encoder_length), jnp.int32)
-    connector = flax.core.unfreeze(self.connector.init(connector_rng, states, mask))
-    return {**variables, "params": {**variables["params"], CONNECTOR: connector["params"]}}
+        decoder_length=decoder_length, lengths=lengths)
+    return with_connector(variables, self.connector, connector_rng, batch_size=batch_size,
+                          length=encoder_length, owner="model")
 
-  @staticmethod
-  def split_params(params) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """`(model_params, connector_params)` from the wrapper's tree."""
-    if CONNECTOR not in params:
-      raise ValueError(f"The parameters lack the '{CONNECTOR}' entry; they have "
-                       f"{sorted(params)}.")
-    return {k: v for k, v in params.items() if k != CONNECTOR}, params[CONNECTOR]
+  split_params = staticmethod(split_connector_params)
 
   def _connect(self, connector_params, states, mask, dropout_kwargs):
     return self.connector.apply({"params": connector_params}, states, mask, **dropout_kwargs)

@@ -59,6 +59,38 @@ def to_input_positions(states: jax.Array, input_index: jax.Array, length: int) -
   return jax.vmap(one)(states, input_index)
 
 
+def check_connector(mode: str, connector, module, *, owner: str) -> None:
+  """Refuses an unknown `mode`, or a `connector` whose width differs from `module`'s (named
+  `owner` in the sentence: 'LM', 'encoder-decoder')."""
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+  if connector.config.emb_dim != module.config.emb_dim:
+    raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
+                     f"{owner}'s {module.config.emb_dim}.")
+
+
+def with_connector(variables, connector, rng: jax.Array, *, batch_size: int, length: int,
+                   owner: str) -> Dict[str, Any]:
+  """`variables` of the base model (its `owner` name in errors: 'LM', 'model') with a freshly
+  initialised `connector` (states `[batch_size, length, E]`) added under `CONNECTOR`."""
+  variables = flax.core.unfreeze(variables)
+  if CONNECTOR in variables["params"]:
+    raise ValueError(f"The {owner} already has a top-level '{CONNECTOR}' parameter entry.")
+  states = jnp.zeros((batch_size, length, connector.config.emb_dim))
+  mask = jnp.ones((batch_size, length), jnp.int32)
+  initialised = flax.core.unfreeze(connector.init(rng, states, mask))
+  return {**variables, "params": {**variables["params"], CONNECTOR: initialised["params"]}}
+
+
+def split_connector_params(params) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`(base_params, connector_params)` from a recursion wrapper's tree (the base model's own
+  entries, and the `CONNECTOR` entry)."""
+  if CONNECTOR not in params:
+    raise ValueError(f"The parameters lack the '{CONNECTOR}' entry; they have "
+                     f"{sorted(params)}.")
+  return {k: v for k, v in params.items() if k != CONNECTOR}, params[CONNECTOR]
+
+
 class LMConnectorLMModel(DecoderOnlyModel):
   """The `ModelWrapper` of neural recursion around a `DecoderOnly` LM and a `Connector`."""
 
@@ -69,11 +101,7 @@ class LMConnectorLMModel(DecoderOnlyModel):
       mode: 'lm_c_lm', 'c_lm' or 'lm_c' (see the module docstring).
       **kwargs: as `DecoderOnlyModel`.
     """
-    if mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if connector.config.emb_dim != module.config.emb_dim:
-      raise ValueError(f"The Connector's width {connector.config.emb_dim} differs from the "
-                       f"LM's {module.config.emb_dim}.")
+    check_connector(mode, connector, module, owner="LM")
     super().__init__(module, **kwargs)
     self.connector = connector
     self.mode = mode
@@ -83,22 +111,12 @@ class LMConnectorLMModel(DecoderOnlyModel):
 
   def get_initial_variables(self, rng, *, batch_size: int, decoder_length: int, lengths=None):
     lm_rng, connector_rng = jax.random.split(rng)
-    lm = flax.core.unfreeze(super().get_initial_variables(
-        lm_rng, batch_size=batch_size, decoder_length=decoder_length, lengths=lengths))
-    if CONNECTOR in lm["params"]:
-      raise ValueError(f"The LM already has a top-level '{CONNECTOR}' parameter entry.")
-    states = jnp.zeros((batch_size, decoder_length, self.module.config.emb_dim))
-    mask = jnp.ones((batch_size, decoder_length), jnp.int32)
-    connector = flax.core.unfreeze(self.connector.init(connector_rng, states, mask))
-    return {**lm, "params": {**lm["params"], CONNECTOR: connector["params"]}}
+    lm = super().get_initial_variables(lm_rng, batch_size=batch_size,
+                                       decoder_length=decoder_length, lengths=lengths)
+    return with_connector(lm, self.connector, connector_rng, batch_size=batch_size,
+                          length=decoder_length, owner="LM")
 
-  @staticmethod
-  def split_params(params) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """`(lm_params, connector_params)` from the wrapper's tree."""
-    if CONNECTOR not in params:
-      raise ValueError(f"The parameters lack the '{CONNECTOR}' entry; they have "
-                       f"{sorted(params)}.")
-    return {k: v for k, v in params.items() if k != CONNECTOR}, params[CONNECTOR]
+  split_params = staticmethod(split_connector_params)
 
   # -- forward ------------------------------------------------------------------------------
 
@@ -168,7 +186,7 @@ class LMConnectorLMModel(DecoderOnlyModel):
                   "decoder_causal_attention")
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     logits, index = self.sequence_logits(
-        params, batch["decoder_input_tokens"], (targets > 0).astype(jnp.int32),
+        params, batch["decoder_input_tokens"], self._decoder_mask(batch),
         batch["decoder_causal_attention"].astype(jnp.int32), self._hook_inputs(batch),
         dropout_rng)
     inserted = index < 0

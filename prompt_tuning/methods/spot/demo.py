@@ -35,10 +35,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from prompt_tuning.methods import demo_common
 from prompt_tuning.methods.spot import demo_tasks
 from prompt_tuning.methods.spot import similarity as similarity_lib
 
-MODEL_GIN = "gin/models/byte_t5_tiny.gin"
+MODEL_GIN = demo_common.MODEL_GIN
 PROMPT_LENGTH = 8
 BATCH_SIZE = 32
 SEEDS = (0, 1)
@@ -47,27 +48,18 @@ EVAL_EVERY = 10
 
 def base_args(model_dir: str, steps: int) -> List[str]:
   """The base run: byte_t5_tiny from scratch on the instructed skills (gin/runs/finetune.gin)."""
-  bindings = {"MODEL_DIR": repr(model_dir), "MIXTURE_OR_TASK_NAME": repr(demo_tasks.BASE_TASK),
-              "TASK_MODULE": repr(demo_tasks.MODULE), "TASK_FEATURE_LENGTHS": demo_tasks.LENGTHS,
-              "TRAIN_STEPS": steps, "CHECKPOINT_PERIOD": steps, "EVAL_PERIOD": steps,
-              "DROPOUT_RATE": 0.0, "INITIAL_CHECKPOINT_PATH": "None",
-              "train.optimizer": "@optimizers.adam()", "optimizers.adam.learning_rate": 3e-3}
-  text = lambda v: v if isinstance(v, str) else repr(v)  # gin text, as on the command line
-  return ([f"--gin_file={f}" for f in (MODEL_GIN, "gin/runs/finetune.gin", "gin/runs/smoke.gin")]
-          + [f"--gin.{k}={text(v)}" for k, v in bindings.items()])
+  return demo_common.base_args(model_dir, task=demo_tasks.BASE_TASK, module=demo_tasks.MODULE,
+                               lengths=demo_tasks.LENGTHS, steps=steps)
 
 
 def pretrain_base(model_dir: str, steps: int) -> Tuple[str, float]:
   """Trains the base; returns its checkpoint and its held-out accuracy on the instructed skills."""
-  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning.methods.spot import runs  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.pipelines import outputs  # pylint: disable=g-import-not-at-top
-  result = train_lib.main(base_args(model_dir, steps))
-  run_dir = os.path.dirname(result.checkpoint_dir.rstrip("/"))
+  run_dir, outputs = demo_common.train(base_args(model_dir, steps))
   evals = runs.eval_metrics(run_dir)
   accuracy = evals[max(evals)].get(f"{demo_tasks.BASE_TASK}/accuracy", float("nan")) \
       if evals else float("nan")
-  return outputs.read("train", run_dir)["checkpoint"], accuracy
+  return outputs["checkpoint"], accuracy
 
 
 class PromptTrainer:

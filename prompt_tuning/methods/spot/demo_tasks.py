@@ -25,10 +25,9 @@ from typing import Dict, List
 
 import numpy as np
 import seqio
-import tensorflow as tf
 
-from prompt_tuning.data import metrics
 from prompt_tuning.data import registry
+from prompt_tuning.methods import demo_common
 
 SKILLS = ("first", "last", "second", "count", "max")
 SOURCE_SKILLS = ("last", "second", "count", "max")  # the prompt-tuning families
@@ -39,7 +38,6 @@ SPLIT_SIZES = {"train": 2048, "validation": 256}
 BASE_SPLIT_SIZES = {"train": 8192, "validation": 256}
 LENGTHS = {"inputs": 16, "targets": 4}
 MODULE = "prompt_tuning.methods.spot.demo_tasks"
-VOCABULARY = seqio.ByteVocabulary()
 MIXTURE_MAXIMUM = 2 ** 19
 
 
@@ -91,30 +89,14 @@ def generate_base(split: str) -> Dict[str, List[str]]:
   return {"inputs": inputs, "targets": targets}
 
 
-def _source(generator, sizes) -> seqio.DataSource:
-  def dataset_fn(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
-    del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples itself
-    return tf.data.Dataset.from_tensor_slices(generator(split))
-  return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(sizes),
-                                  num_input_examples=dict(sizes))
-
-
-def _strip(text, example=None, is_target=False):
-  del example, is_target
-  return text.strip() if isinstance(text, str) else text.decode("utf-8").strip()
-
-
 def register() -> None:
   """Registers the base task, every skill in both domains and the sources' mixture."""
-  features = {"inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
-              "targets": seqio.Feature(vocabulary=VOCABULARY, add_eos=True)}
-  common = dict(preprocessors=[seqio.preprocessors.tokenize,
-                               seqio.preprocessors.append_eos_after_trim],
-                output_features=features, postprocess_fn=_strip, metric_fns=[metrics.accuracy])
-  registry.add_task(BASE_TASK, source=_source(generate_base, BASE_SPLIT_SIZES), **common)
+  common = demo_common.text_task_kwargs()
+  source = demo_common.generated_source
+  registry.add_task(BASE_TASK, source=source(generate_base, BASE_SPLIT_SIZES), **common)
   for skill in SKILLS:
     for domain in DOMAINS:
-      registry.add_task(task_name(skill, domain), source=_source(
+      registry.add_task(task_name(skill, domain), source=source(
           functools.partial(generate, skill, domain), SPLIT_SIZES), **common)
   registry.add_mixture(SOURCES_MIXTURE, [task_name(s, "a") for s in SOURCE_SKILLS],
                        default_rate=functools.partial(seqio.mixing_rate_num_examples,

@@ -1,8 +1,6 @@
 """SuperGLUE in a rotary decoder's own tokenizer: a `tokenizer.json` (BPE, as Llama 3 and Qwen2
 ship) trained here on a few sentences, read through seqio in Python and in tf.data alike, and
 the `lm_`-style tasks it registers, processed from mocked TFDS."""
-import json
-
 import numpy as np
 import pytest
 import seqio
@@ -13,29 +11,7 @@ from prompt_tuning.methods.decoder_rank import json_vocabulary
 from prompt_tuning.methods.decoder_rank import tasks as rank_tasks
 from tasks import super_glue
 
-tokenizers = pytest.importorskip("tokenizers", reason="tokenizer.json files need `tokenizers`")
-
-CORPUS = ["rte hypothesis: A cat sat. premise: The cat sat.", "entailment not_entailment",
-          "Dogs bark. Cats bark.", "cb hypothesis premise contradiction neutral"] * 20
-
-
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory):
-  """A byte-level BPE `tokenizer.json` with an end-of-text token, and the config.json beside
-  it that names that token's id as EOS (a Hugging Face checkpoint folder's layout)."""
-  folder = tmp_path_factory.mktemp("hf_tokenizer")
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=300, special_tokens=["!", "<|end_of_text|>"],
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-  path = folder / "tokenizer.json"
-  tokenizer.save(str(path))
-  eos = tokenizer.token_to_id("<|end_of_text|>")
-  (folder / "config.json").write_text(json.dumps({"eos_token_id": [eos, eos + 1]}))
-  return str(path), tokenizer, eos
+pytest.importorskip("tokenizers", reason="tokenizer.json files need `tokenizers`")
 
 
 def test_ids_round_trip_in_python_and_tf_data(tokenizer_json):
@@ -60,7 +36,7 @@ def test_bad_tokenizer_files_are_one_sentence(tmp_path, tokenizer_json):
   with pytest.raises(FileNotFoundError, match="Tokenizer file .*missing.json does not exist"):
     json_vocabulary.TokenizerJsonVocabulary(str(tmp_path / "missing.json"))
   lone = tmp_path / "tokenizer.json"
-  lone.write_text(open(tokenizer_json[0]).read())
+  lone.write_text(open(tokenizer_json.path).read())
   with pytest.raises(ValueError, match="no config.json beside .* to read eos_token_id"):
     json_vocabulary.TokenizerJsonVocabulary(str(lone))
   with pytest.raises(ValueError, match="eos_id 99999 is outside the vocabulary"):

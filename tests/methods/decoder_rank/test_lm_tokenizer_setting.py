@@ -1,7 +1,6 @@
 """The `lm_` tasks' tokenizer as a gin setting: `--gin.LM_TOKENIZER=...` on the pipeline reaches
 both stages and registers the tasks when the run builds its dataset configs; with neither it
 nor PROMPT_TUNING_LM_TOKENIZER set, the run stops with one sentence naming both."""
-import json
 import os
 
 import gin
@@ -13,7 +12,7 @@ from prompt_tuning.methods.decoder_rank import json_vocabulary
 from prompt_tuning.methods.decoder_rank import tasks as rank_tasks
 from tests.pipelines import dry_run
 
-tokenizers = pytest.importorskip("tokenizers", reason="tokenizer.json files need `tokenizers`")
+pytest.importorskip("tokenizers", reason="tokenizer.json files need `tokenizers`")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -50,23 +49,6 @@ def _fresh_lm_tasks(monkeypatch):
     seqio.MixtureRegistry.add_provider(name, mixture)
 
 
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory):
-  """A tiny byte-level BPE `tokenizer.json` with the config.json naming its EOS beside it."""
-  folder = tmp_path_factory.mktemp("hf_tokenizer")
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=280, special_tokens=["!", "<|end_of_text|>"],
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  tokenizer.train_from_iterator(["rte hypothesis: premise: entailment"] * 10, trainer=trainer)
-  tokenizer.save(str(folder / "tokenizer.json"))
-  eos = tokenizer.token_to_id("<|end_of_text|>")
-  (folder / "config.json").write_text(json.dumps({"eos_token_id": eos}))
-  return str(folder / "tokenizer.json")
-
-
 def _stage_args(tmp_path, extra=()):
   argv = [f"--gin_file={PRESET}", f"--pipeline_dir={tmp_path}",
           "--gin.BASE_CHECKPOINT='/ckpts/hf_model'", *extra]
@@ -86,7 +68,7 @@ def _dataset_config(name):
 
 
 def test_gin_setting_registers_the_tasks_in_both_stages(tokenizer_json, tmp_path):
-  binding = f"--gin.LM_TOKENIZER='{tokenizer_json}'"
+  binding = f"--gin.LM_TOKENIZER='{tokenizer_json.path}'"
   stages = _stage_args(tmp_path, [binding])
   for name in ("prompt", "rank_eval"):
     _parse(stages[name])
@@ -126,8 +108,8 @@ def test_a_missing_or_changed_tokenizer_is_refused(tokenizer_json, tmp_path):
   with pytest.raises(FileNotFoundError, match="LM_TOKENIZER=/nowhere/tokenizer.json does not"):
     gin.query_parameter("train.train_dataset_cfg").scoped_configurable_fn()
   gin.clear_config()
-  rank_tasks.register_lm_once(tokenizer_json)
-  rank_tasks.register_lm_once(tokenizer_json)  # the same file again: nothing to do
+  rank_tasks.register_lm_once(tokenizer_json.path)
+  rank_tasks.register_lm_once(tokenizer_json.path)  # the same file again: nothing to do
   other = tmp_path / "tokenizer.model"
   other.write_text("")
   with pytest.raises(ValueError, match="already read .*cannot also read .*tokenizer.model"):

@@ -8,6 +8,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.data import sequence_start
 from prompt_tuning.methods.promot import analysis
 
 
@@ -31,13 +32,15 @@ def test_format_only_moves_every_target_and_keeps_the_inputs():
                                 shuffled["decoder_target_tokens"])
 
 
-def _prefix_lm(pairs, lengths):
-  """The batch seqio's PrefixLMFeatureConverter (unpacked) makes of (inputs, targets) pairs."""
+def _prefix_lm(pairs, lengths, converter=None):
+  """The batch seqio's PrefixLMFeatureConverter (unpacked; or `converter`) makes of (inputs,
+  targets) pairs."""
   dataset = tf.data.Dataset.from_generator(
       lambda: ({"inputs": i, "targets": t} for i, t in pairs),
       output_signature={"inputs": tf.TensorSpec([None], tf.int32),
                         "targets": tf.TensorSpec([None], tf.int32)})
-  converted = seqio.PrefixLMFeatureConverter(pack=False)(dataset, lengths)
+  converter = converter or seqio.PrefixLMFeatureConverter(pack=False)
+  converted = converter(dataset, lengths)
   rows = list(converted.as_numpy_iterator())
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -55,6 +58,24 @@ def test_format_only_on_a_prefix_lm_batch_joins_each_input_to_the_other_target()
     np.testing.assert_array_equal(shuffled[key], value, err_msg=key)
   np.testing.assert_array_equal(shuffled["decoder_target_tokens"][0],
                                 [7, 8, 1, 4, 9, 6, 1, 0, 0])
+
+
+def test_format_only_keeps_a_real_token_0_and_the_start_token_of_a_bos_batch():
+  """Llama-style batches (BOS 9, masks from lengths): the targets [4, 0, 6] and [0] hold a
+  real token 0, which must travel with its target; the rows still start with the BOS."""
+  converter = sequence_start.StartTokenPrefixLMConverter(start_token=9, pack=False)
+  a_in, a_tgt, b_in, b_tgt = [7, 8, 1], [0], [5, 1], [4, 0, 6]
+  lengths = {"inputs": 4, "targets": 5}
+  batch = _prefix_lm([(a_in, a_tgt), (b_in, b_tgt)], lengths, converter)
+  expected = _prefix_lm([(a_in, b_tgt), (b_in, a_tgt)], lengths, converter)
+  shuffled = analysis.format_only(batch, np.random.default_rng(0))
+  for key, value in expected.items():
+    np.testing.assert_array_equal(shuffled[key], value, err_msg=key)
+  np.testing.assert_array_equal(shuffled["decoder_target_tokens"][0],
+                                [7, 8, 1, 4, 0, 6, 0, 0, 0])
+  np.testing.assert_array_equal(shuffled["decoder_input_tokens"][0],
+                                [9, 7, 8, 1, 4, 0, 0, 0, 0])
+  np.testing.assert_array_equal(shuffled["decoder_loss_weights"].sum(axis=1), [3, 1])
 
 
 def test_format_only_refuses_batches_it_cannot_split():

@@ -187,7 +187,7 @@ def test_bad_configuration_is_refused_with_a_clear_sentence():
   cfg = config()
   with pytest.raises(ValueError, match="mode must be one of"):
     EncoderConnectorModel(EncoderDecoder(cfg), connector=Connector(cfg), mode="lm_lm")
-  with pytest.raises(ValueError, match="width 8 differs"):
+  with pytest.raises(ValueError, match="width 8 differs from the encoder-decoder's"):
     EncoderConnectorModel(EncoderDecoder(cfg), connector=Connector(cfg.replace(emb_dim=8)))
   model = make()
   with pytest.raises(ValueError, match="lack the 'connector' entry"):

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from prompt_tuning.engine import train_state
+from prompt_tuning.engine.models import DecoderOnlyModel
 from prompt_tuning.methods.recursion.connector import Connector, copy_lm_layers
 from prompt_tuning.methods.recursion.model import LMConnectorLMModel, recursion_groups
 from prompt_tuning.models import DecoderOnly, get_config
@@ -87,6 +88,35 @@ def test_a_zero_gate_connector_makes_single_pass_baselines_the_plain_lm(mode):
   plain = model.module.apply({"params": lm_params}, jnp.asarray(BATCH["decoder_input_tokens"]),
                              decoder_mask=jnp.asarray(real, jnp.int32)).logits
   np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
+
+
+# Llama-style layout (BOS 5, masks from lengths): the targets [0, 8, 1] and [7, 0] hold a real
+# token 0 (Llama 3's "!"), at target positions 2 of both rows.
+BOS_BATCH = {
+    "decoder_input_tokens": np.array([[5, 3, 4, 0, 8, 0, 0], [5, 6, 7, 0, 0, 0, 0]]),
+    "decoder_target_tokens": np.array([[3, 4, 0, 8, 1, 0, 0], [6, 7, 0, 0, 0, 0, 0]]),
+    "decoder_loss_weights": np.array([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0]]),
+    "decoder_causal_attention": np.array([[1, 1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]]),
+}
+
+
+@pytest.mark.parametrize("mode", ["c_lm", "lm_c"])
+def test_a_real_token_0_is_attended_under_a_bos_start_token(mode):
+  """With a zero gate the single-pass baselines are the plain LM wrapper with the same start
+  token, on all 8 real positions, those reading or predicting the token 0 included."""
+  cfg = lm_config()
+  model = LMConnectorLMModel(DecoderOnly(cfg), connector=Connector(cfg), mode=mode,
+                             start_token=5)
+  params = params_of(model)
+  lm_params, _ = model.split_params(params)
+  logits, targets, weights = model._logits(params, BOS_BATCH, dropout_rng=None)
+  plain, _, _ = DecoderOnlyModel(model.module, start_token=5)._logits(
+      lm_params, BOS_BATCH, dropout_rng=None)
+  real = (BOS_BATCH["decoder_causal_attention"] | BOS_BATCH["decoder_loss_weights"]) > 0
+  assert real.sum() == 8
+  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(plain)[real], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(weights).sum(axis=1), [3, 2])
+  np.testing.assert_array_equal(np.asarray(targets)[:, 2], [0, 0])
 
 
 @pytest.mark.slow
@@ -190,5 +220,5 @@ def test_bad_configuration_is_refused_with_a_clear_sentence():
     LMConnectorLMModel(DecoderOnly(cfg), connector=Connector(cfg), mode="c_lm_c")
   narrow = get_config("decoder_only_tiny", vocab_size=VOCAB, emb_dim=8, num_heads=2, head_dim=4,
                       mlp_dim=16, num_decoder_layers=1)
-  with pytest.raises(ValueError, match="width 8 differs"):
+  with pytest.raises(ValueError, match="width 8 differs from the LM's 16"):
     LMConnectorLMModel(DecoderOnly(cfg), connector=Connector(narrow))
