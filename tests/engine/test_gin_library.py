@@ -101,6 +101,17 @@ def test_frozen_dtype_macro_sets_the_cast_of_the_base(bindings, expected):
   assert restore.path == "/ckpt" and restore.dtype == expected
 
 
+def test_xxl_v3_8_preset_reads_the_base_in_bfloat16_and_remats_whole_layers():
+  parse(["gin/models/t5_1_1_xxl.gin", "gin/prompts/random_uniform.gin",
+         "gin/runs/prompt_tuning.gin", "gin/partitioning/xxl_v3_8.gin"],
+        ["MODEL_DIR='/tmp/x'", "INITIAL_CHECKPOINT_PATH='/ckpt'", "MIXTURE_OR_TASK_NAME='rte'"])
+  config = gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
+  restore = gin.query_parameter("train.restore_cfg").scoped_configurable_fn()
+  mesh = gin.query_parameter("train.mesh_config").scoped_configurable_fn()
+  assert (config.dtype, config.param_dtype, config.remat_policy) == ("bfloat16", "float32", "full")
+  assert restore.dtype == "bfloat16" and mesh.mesh_shape(num_devices=8) == (1, 8)
+
+
 def test_prompt_tuning_run_defaults_follow_the_paper():
   parse(["gin/models/t5_1_1_lm100k_base.gin", "gin/prompts/class_labels.gin",
          "gin/runs/prompt_tuning.gin"],

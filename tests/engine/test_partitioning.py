@@ -190,6 +190,7 @@ GIN_EXPECTATIONS = {
     "fsdp_tp_8b_v4_32.gin": (16, (4, 4)),
     "fsdp_tp_70b_v5e_64.gin": (64, (8, 8)),
     "fsdp_tp_70b_v4_128.gin": (64, (8, 8)),
+    "xxl_v3_8.gin": (8, (1, 8)),
 }
 
 
