@@ -272,12 +272,15 @@ def op_times(trace_dir: str, module_text: str, steps: int) -> Tuple[List[OpTime]
   return sorted(rows, key=lambda r: -r.seconds), sum(totals.values())
 
 
-def profile(shape_name: str, dtype: str, steps: int, compiler_options=None):
-  """Compiles, warms up and traces `steps` prompt-tuning steps; returns what `report` prints."""
+def profile(shape_name: str, dtype: str, steps: int, compiler_options=None,
+            frozen_compute_copies: bool = False):
+  """Compiles, warms up and traces `steps` prompt-tuning steps; returns what `main` prints."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import jax_steps, shapes  # pylint: disable=g-import-not-at-top
   shape = shapes.get_shape(shape_name)
-  step_fn, state, frozen, batch = jax_steps.make_step(shape, dtype=dtype, full_finetune=False)
+  extra = {"frozen_compute_copies": True} if frozen_compute_copies else {}
+  step_fn, state, frozen, batch = jax_steps.make_step(shape, dtype=dtype, full_finetune=False,
+                                                      **extra)
   compiled = jax.jit(step_fn, donate_argnums=(0,)).lower(state, frozen, batch).compile(
       compiler_options=compiler_options)
   state, metrics = compiled(state, frozen, batch)
@@ -335,12 +338,22 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=2, help="traced steps (after one warm-up)")
   parser.add_argument("--top", type=int, default=12, help="slowest operations listed per step")
   parser.add_argument("--quick", action="store_true", help="tiny shape, one step")
+  parser.add_argument("--frozen_compute_copies", action="store_true",
+                      help="also profile each non-float32 step given compute-dtype copies of "
+                           "its frozen weights (jax_steps.make_step(frozen_compute_copies=True))")
   args = parser.parse_args(argv)
   shape, steps = ("tiny", 1) if args.quick else (args.shape, args.steps)
   results = {}
+  runs = []
   for dtype in args.dtypes.split(","):
-    rows, busy, wall, flops, (computations, by_name) = profile(shape, dtype, steps)
-    results[dtype] = (rows, busy, wall)
+    runs.append((dtype, dtype, False))
+    if args.frozen_compute_copies and dtype != "float32":
+      runs.append((f"{dtype}+frozen copies", dtype, True))
+  for label, dtype, copies in runs:
+    rows, busy, wall, flops, (computations, by_name) = profile(shape, dtype, steps,
+                                                               frozen_compute_copies=copies)
+    results[label] = (rows, busy, wall)
+    dtype = label
     print(f"\n## {shape} prompt step, {dtype}: slowest operations\n")
     print(top_table(rows, flops, args.top))
     print(f"\n## {shape} {dtype}: products by shape\n")
