@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from benchmarks.shapes import BenchShape
 from prompt_tuning.engine import optimizers, partitioning, train_state
 from prompt_tuning.engine.models import EncoderDecoderModel
+from prompt_tuning.models import layers
 from prompt_tuning.models.t5 import EncoderDecoder
 from prompt_tuning.prompts import hooks, providers
 
@@ -96,7 +97,7 @@ def random_params(shape: BenchShape, seed: int = 0) -> dict:
 
 
 def make_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
-              params: Optional[dict] = None):
+              params: Optional[dict] = None, frozen_compute_copies: bool = False):
   """The uncompiled step and its arguments: `(step_fn, state, frozen, batch)`.
 
   Args:
@@ -105,6 +106,9 @@ def make_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
     full_finetune: train every parameter instead of the prompt only.
     params: parameters to use (e.g. shared between steps, which saves gigabytes at base size);
       random ones by default. They are never donated: the step trains a copy of its part.
+    frozen_compute_copies: pass the frozen kernels and embeddings to the step already in the
+      compute dtype (`layers.compute_dtype_copies`, made once, outside the step), as a
+      trainer keeping bf16 copies of its frozen weights would; same results, fewer converts.
   """
   model = _model(shape, dtype)
   batch = jax.tree.map(jnp.asarray, random_batch(shape))
@@ -117,6 +121,8 @@ def make_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
     patterns = train_state.PROMPT_ONLY
     optimizer = optimizers.adafactor()
   trainable, frozen = train_state.split_params(params=params, patterns=patterns)
+  if frozen_compute_copies:
+    frozen = layers.compute_dtype_copies(frozen, dtype)
   trainable = jax.tree.map(jnp.copy, trainable)  # the step donates its state
   state = train_state.create_train_state(trainable_params=trainable, optimizer=optimizer,
                                          rng=jax.random.PRNGKey(1))
@@ -140,7 +146,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def build_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
                params: Optional[dict] = None, mesh: Optional[Mesh] = None,
-               compiler_options: Optional[dict[str, Any]] = None) -> CompiledStep:
+               compiler_options: Optional[dict[str, Any]] = None,
+               frozen_compute_copies: bool = False) -> CompiledStep:
   """Compiles one prompt-tuning or full fine-tuning step of a random model (see `make_step`).
 
   With `mesh`, the batch is split over its data axis and everything else is replicated (the
@@ -148,7 +155,8 @@ def build_step(shape: BenchShape, *, dtype: str, full_finetune: bool,
   compilation only (e.g. CPU flags under test), named as in `XLA_FLAGS` without the dashes.
   """
   step_fn, state, frozen, batch = make_step(shape, dtype=dtype, full_finetune=full_finetune,
-                                            params=params)
+                                            params=params,
+                                            frozen_compute_copies=frozen_compute_copies)
   if mesh is None:
     jitted = jax.jit(step_fn, donate_argnums=(0,))
   else:

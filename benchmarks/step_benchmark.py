@@ -45,6 +45,9 @@ METHODS = {
     "ours-bf16-prompt": ("ours", "bfloat16", False),
     "ours-fp32-full": ("ours", "float32", True),
     "ours-bf16-full": ("ours", "bfloat16", True),
+    # The bf16 prompt step given bf16 copies of its frozen kernels and embeddings, made once
+    # (`jax_steps.make_step(frozen_compute_copies=True)`); the trainer does not do this yet.
+    "ours-bf16-prompt-bf16frozen": ("ours", "bfloat16", False),
     "peft-fp32-prompt": ("peft", "float32", False),
     "peft-bf16-prompt": ("peft", "bfloat16", False),
 }
@@ -71,7 +74,8 @@ def _build_ours(shape, methods: Sequence[str], host_devices: int = 1) -> Dict[st
   for method in methods:
     _, dtype, full = METHODS[method]
     steps[method] = jax_steps.build_step(shape, dtype=dtype, full_finetune=full, params=params,
-                                         mesh=mesh)
+                                         mesh=mesh,
+                                         frozen_compute_copies=method.endswith("-bf16frozen"))
   return steps
 
 

@@ -110,7 +110,7 @@ _low_precision_product.defvjp(_low_precision_product_fwd, _low_precision_product
 
 
 def stacked_matmul(x: jax.Array, kernels: Sequence[jax.Array], dtype, *,
-                   impl: str = AUTO) -> List[jax.Array]:
+                   impl: str = AUTO, float32_output: bool = False) -> List[jax.Array]:
   """`[x @ k for k in kernels]` in `dtype` with float32 accumulation.
 
   `xla`: one product per kernel, differentiated by JAX.
@@ -123,29 +123,34 @@ def stacked_matmul(x: jax.Array, kernels: Sequence[jax.Array], dtype, *,
   of the stacked product would do). Kernel gradients are computed only when a kernel is trained.
   """
   if len(kernels) == 1 or resolve(impl) == XLA:
-    return [matmul(x, k, dtype) for k in kernels]
-  return list(_stacked_products(x.astype(dtype), tuple(k.astype(dtype) for k in kernels)))
+    return [matmul(x, k, dtype, float32_output=float32_output) for k in kernels]
+  return list(_stacked_products(x.astype(dtype), tuple(k.astype(dtype) for k in kernels),
+                                float32_output))
 
 
-@jax.custom_vjp
-def _stacked_products(x: jax.Array, kernels: Tuple[jax.Array, ...]) -> Tuple[jax.Array, ...]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _stacked_products(x: jax.Array, kernels: Tuple[jax.Array, ...],
+                      float32_output: bool = False) -> Tuple[jax.Array, ...]:
   stacked = jnp.stack(kernels, axis=1)
   y = jnp.einsum("...i,ino->...no", x, stacked, preferred_element_type=jnp.float32)
-  return tuple(part.squeeze(-2).astype(x.dtype) for part in jnp.split(y, len(kernels), axis=-2))
+  parts = tuple(part.squeeze(-2) for part in jnp.split(y, len(kernels), axis=-2))
+  return parts if float32_output else tuple(p.astype(x.dtype) for p in parts)
 
 
-def _stacked_products_fwd(x, kernels):
+def _stacked_products_fwd(x, kernels, float32_output):
   """Keeps the input only when a kernel needs its gradient, the kernels only when the input does."""
-  outputs = _stacked_products(x.value, tuple(k.value for k in kernels))
+  outputs = _stacked_products(x.value, tuple(k.value for k in kernels), float32_output)
   kernel_grads = any(k.perturbed for k in kernels)
   return outputs, (x.value if kernel_grads else None,
                    tuple(k.value for k in kernels) if x.perturbed else None,
                    tuple(k.perturbed for k in kernels))
 
 
-def _stacked_products_bwd(residuals, grads):
+def _stacked_products_bwd(float32_output, residuals, grads):
+  del float32_output
   x, kernels, kernel_perturbed = residuals
-  live = [(i, g) for i, g in enumerate(grads)
+  dtype = (x if x is not None else kernels[0]).dtype
+  live = [(i, g.astype(dtype)) for i, g in enumerate(grads)
           if not isinstance(g, jax.custom_derivatives.SymbolicZero)]
   d_x = None
   if kernels is not None and live:

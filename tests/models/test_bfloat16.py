@@ -15,7 +15,7 @@ import pytest
 
 from prompt_tuning.engine import optimizers, train_state
 from prompt_tuning.engine.models import EncoderDecoderModel
-from prompt_tuning.models import EncoderDecoder
+from prompt_tuning.models import EncoderDecoder, layers
 from prompt_tuning.models.config import ModelConfig
 from prompt_tuning.prompts import hooks, providers
 
@@ -102,6 +102,28 @@ def test_bfloat16_and_float32_loss_curves_agree_over_100_steps(params, batch):
   assert curve32[-1] < 0.9 * curve32[0]  # the prompt does learn something
   assert curve16[-1] < 0.9 * curve16[0]
   np.testing.assert_allclose(curve16, curve32, rtol=0.02)
+
+
+def test_frozen_compute_dtype_copies_give_the_same_bfloat16_step(params, batch):
+  """bf16 copies of frozen kernels and embeddings, made once: the same loss and prompt gradient,
+  bit for bit; norm scales and the position-bias table stay float32."""
+  model = _model("bfloat16")
+  trainable, frozen = train_state.split_params(params=params, patterns=train_state.PROMPT_ONLY)
+  copies = layers.compute_dtype_copies(frozen, jnp.bfloat16)
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(copies)}
+  assert flat["['encoder']['layers_0']['attention']['query']['kernel']"].dtype == jnp.bfloat16
+  assert flat["['token_embedder']['embedding']"].dtype == jnp.bfloat16
+  assert flat["['encoder']['layers_0']['pre_mlp_layer_norm']['scale']"].dtype == jnp.float32
+  assert flat["['encoder']['relpos_bias']['rel_embedding']"].dtype == jnp.float32
+
+  loss_and_grad = jax.jit(jax.value_and_grad(
+      lambda t, f: model.loss_fn(train_state.merge_params(trainable=t, frozen=f), batch,
+                                 None)[0]))
+  loss, grad = loss_and_grad(trainable, frozen)
+  loss_c, grad_c = loss_and_grad(trainable, copies)
+  assert float(loss_c) == float(loss)
+  np.testing.assert_array_equal(np.asarray(grad_c["input_hook"]["prompt"]),
+                                np.asarray(grad["input_hook"]["prompt"]))
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (\w+)\[([\d,]*)\]\{[^}]*\} (\S+)\(")
