@@ -231,7 +231,8 @@ class MultiHeadAttention(nn.Module):
 
   With `decode=True` keys and values are kept in the `cache` collection: self-attention appends
   the new chunk at `cache_index`; cross-attention projects the encoder output once, when the
-  cache is created, and reuses it afterwards.
+  cache is created, and reuses it afterwards. The cache holds them heads-major (see
+  `_to_cache_layout`).
   """
 
   config: ModelConfig
@@ -274,22 +275,42 @@ class MultiHeadAttention(nn.Module):
 
   def _append_to_cache(self, key, value, cache_index):
     initializing = not self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    key_t, value_h = _to_cache_layout(key, value)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key_t.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value_h.shape, value.dtype)
     if initializing or cache_index is None:
       return key, value
-    start = (0, cache_index, 0, 0)
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-    return cached_key.value, cached_value.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key_t,
+                                                    (0, 0, 0, cache_index))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value_h,
+                                                      (0, 0, cache_index, 0))
+    return _from_cache_layout(cached_key.value, cached_value.value)
 
   def _cached_cross_kv(self, project_kv, inputs_kv, cache_index):
     # The cache is created by a decode call that finds none: that call projects the encoder
     # output once and stores it; every later step only reads it.
     if not self.has_variable("cache", "cached_key"):
       key, value = project_kv()
-      self.variable("cache", "cached_key", lambda: key)
-      self.variable("cache", "cached_value", lambda: value)
+      key_t, value_h = _to_cache_layout(key, value)
+      self.variable("cache", "cached_key", lambda: key_t)
+      self.variable("cache", "cached_value", lambda: value_h)
       return key, value
-    return (self.variable("cache", "cached_key").value,
-            self.variable("cache", "cached_value").value)
+    return _from_cache_layout(self.variable("cache", "cached_key").value,
+                              self.variable("cache", "cached_value").value)
+
+
+def _to_cache_layout(key: jax.Array, value: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """`[b, k, h, d]` keys and values -> the cached `[b, h, d, k]` keys and `[b, h, k, d]` values.
+
+  These are the layouts the attention products read (`kernels._attention_forward`), so the
+  `[b, k, h, d]` views `_from_cache_layout` hands back cancel against the products' own
+  transposes and a decoding step copies no cache. Cached as `[b, k, h, d]`, every step
+  transposed every layer's whole cache (for cross-attention: all encoder positions, per beam)
+  before its products, which was most of a beam-4 step on CPU.
+  """
+  return jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 1, 3))
+
+
+def _from_cache_layout(key_t: jax.Array, value_h: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """The inverse of `_to_cache_layout`: `[b, k, h, d]` keys and values."""
+  return jnp.transpose(key_t, (0, 3, 1, 2)), jnp.transpose(value_h, (0, 2, 1, 3))
