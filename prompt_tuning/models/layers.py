@@ -275,15 +275,17 @@ class MultiHeadAttention(nn.Module):
 
   def _append_to_cache(self, key, value, cache_index):
     initializing = not self.has_variable("cache", "cached_key")
-    key_t, value_h = _to_cache_layout(key, value)
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key_t.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value_h.shape, value.dtype)
+    new_key, new_value = _to_cache_layout(key, value)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, new_key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, new_value.shape,
+                                 value.dtype)
     if initializing or cache_index is None:
       return key, value
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key_t,
-                                                    (0, 0, 0, cache_index))
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value_h,
-                                                      (0, 0, cache_index, 0))
+    key_axis, value_axis = (3, 2) if _heads_major_cache(key.dtype) else (1, 1)
+    at = lambda axis: tuple(cache_index if i == axis else 0 for i in range(4))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key, at(key_axis))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, new_value,
+                                                      at(value_axis))
     return _from_cache_layout(cached_key.value, cached_value.value)
 
   def _cached_cross_kv(self, project_kv, inputs_kv, cache_index):
@@ -291,26 +293,36 @@ class MultiHeadAttention(nn.Module):
     # output once and stores it; every later step only reads it.
     if not self.has_variable("cache", "cached_key"):
       key, value = project_kv()
-      key_t, value_h = _to_cache_layout(key, value)
-      self.variable("cache", "cached_key", lambda: key_t)
-      self.variable("cache", "cached_value", lambda: value_h)
+      cache_key, cache_value = _to_cache_layout(key, value)
+      self.variable("cache", "cached_key", lambda: cache_key)
+      self.variable("cache", "cached_value", lambda: cache_value)
       return key, value
     return _from_cache_layout(self.variable("cache", "cached_key").value,
                               self.variable("cache", "cached_value").value)
 
 
 def _to_cache_layout(key: jax.Array, value: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """`[b, k, h, d]` keys and values -> the cached `[b, h, d, k]` keys and `[b, h, k, d]` values.
+  """`[b, k, h, d]` keys and values -> what the decode cache holds.
 
-  These are the layouts the attention products read (`kernels._attention_forward`), so the
-  `[b, k, h, d]` views `_from_cache_layout` hands back cancel against the products' own
-  transposes and a decoding step copies no cache. Cached as `[b, k, h, d]`, every step
-  transposed every layer's whole cache (for cross-attention: all encoder positions, per beam)
-  before its products, which was most of a beam-4 step on CPU.
+  In float32, keys `[b, h, d, k]` and values `[b, h, k, d]`: the layouts the float32 attention
+  products read (`kernels._attention_forward`), so the `[b, k, h, d]` views `_from_cache_layout`
+  hands back cancel against the products' own transposes and a decoding step copies no cache.
+  Cached as `[b, k, h, d]`, every step transposed every layer's whole cache (for
+  cross-attention: all encoder positions, per beam) before its products, which was most of a
+  float32 beam-4 step on CPU. Below float32 the products read `[b, k, h, d]` as it is, and the
+  cache keeps that layout.
   """
+  if not _heads_major_cache(key.dtype):
+    return key, value
   return jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 1, 3))
 
 
-def _from_cache_layout(key_t: jax.Array, value_h: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def _from_cache_layout(key: jax.Array, value: jax.Array) -> Tuple[jax.Array, jax.Array]:
   """The inverse of `_to_cache_layout`: `[b, k, h, d]` keys and values."""
-  return jnp.transpose(key_t, (0, 3, 1, 2)), jnp.transpose(value_h, (0, 2, 1, 3))
+  if not _heads_major_cache(key.dtype):
+    return key, value
+  return jnp.transpose(key, (0, 3, 1, 2)), jnp.transpose(value, (0, 2, 1, 3))
+
+
+def _heads_major_cache(dtype) -> bool:
+  return jnp.dtype(dtype) == jnp.float32
