@@ -21,12 +21,11 @@ see the same background load.
 """
 from __future__ import annotations
 
-# pylint: disable=protected-access  (shares step_benchmark's worker and list parsing)
+# pylint: disable=protected-access  (shares step_benchmark's list parsing)
 
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -194,28 +193,20 @@ def _serve(job: Dict[str, Any], commands, replies) -> None:
 def run_shape(shape_name: str, methods: Sequence[str], *, rounds: int, warmup: int,
               threads: int, new_tokens: Optional[int]) -> Dict[str, Any]:
   """Times every row of one shape in lockstep rounds; returns per-row seconds and lengths."""
-  workers, lengths = {}, {}
+  jobs = {}
   for framework in ("hf", "ours"):
     mine = [m for m in methods if METHODS[m][0] == framework]
     if mine:
-      workers[framework] = step_benchmark._Worker({
+      jobs[framework] = {
           "framework": framework, "shape": shape_name, "methods": mine, "warmup": warmup,
-          "threads": threads, "host_allocator": "reuse", "new_tokens": new_tokens},
-          module="benchmarks.decode_benchmark")
-      lengths.update(workers[framework].ready["lengths"])
-      step_benchmark._progress(f"{shape_name}: {framework} decode worker ready ({', '.join(mine)})")
-  timings = {m: [] for m in methods}
-  try:
-    for round_index in range(rounds):
-      step_benchmark._progress(f"{shape_name}: decode round {round_index + 1}/{rounds}")
-      for method in methods:
-        timings[method].append(workers[METHODS[method][0]].ask({"step": method})["wall_s"])
-    for worker in workers.values():
-      worker.finish()
-  finally:
-    for worker in workers.values():
-      if worker.process.poll() is None:
-        worker.process.kill()
+          "threads": threads, "host_allocator": "reuse", "new_tokens": new_tokens}
+  done = step_benchmark.run_lockstep_rounds(
+      jobs, methods, lambda method: METHODS[method][0], rounds=rounds,
+      label=f"{shape_name} decode", module="benchmarks.decode_benchmark")
+  lengths = {}
+  for ready in done.ready.values():
+    lengths.update(ready["lengths"])
+  timings = {m: [reply["wall_s"] for reply in replies] for m, replies in done.steps.items()}
   return {"timings": timings, "lengths": lengths}
 
 
@@ -229,7 +220,7 @@ def format_table(shape: DecodeShape, result: Dict[str, Any]) -> str:
     baseline = BASELINES.get(method)
     ratio = "-"
     if baseline in timings:
-      ratio = f"{statistics.median(b / w for b, w in zip(timings[baseline], walls)):.2f}x"
+      ratio = f"{step_benchmark.paired_median(timings[baseline], walls):.2f}x"
     lines.append((shape.name, method, f"{best:.4g}", f"{tokens / best:.0f}",
                   baseline if baseline in timings else "-", ratio))
   widths = [max(len(str(c[i])) for c in [COLUMNS] + lines) for i in range(len(COLUMNS))]

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import flops as flops_lib
 from benchmarks import shapes as shapes_lib
@@ -195,47 +195,84 @@ def _progress(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass
+class Rounds:
+  """What `run_lockstep_rounds` collected.
+
+  Attributes:
+    ready: framework -> its worker's ready reply.
+    steps: method -> its step replies, one a round.
+    finished: framework -> its worker's reply to `{"finish": true}`.
+  """
+
+  ready: Dict[str, Dict[str, Any]]
+  steps: Dict[str, List[Dict[str, Any]]]
+  finished: Dict[str, Dict[str, Any]]
+
+
+def run_lockstep_rounds(jobs: Dict[str, Dict[str, Any]], methods: Sequence[str],
+                        framework_of: Callable[[str], str], *, rounds: int, label: str,
+                        module: str = "benchmarks.step_benchmark",
+                        every_round: Sequence[Tuple[str, Dict[str, Any]]] = ()) -> Rounds:
+  """Starts one worker a framework, then times `methods` in lockstep rounds.
+
+  Workers start one after the other, in the order of `jobs` (framework -> the job its worker
+  gets; `module` serves the protocol of `_serve`). Each round sends `{"step": method}` for every
+  method in order, to the worker of `framework_of(method)`, then the `every_round` commands
+  (`(framework, command)`, replies dropped), while the other workers wait idle: every
+  framework's steps see the same background load. Workers are finished afterwards, or killed
+  if anything failed.
+  """
+  workers: Dict[str, _Worker] = {}
+  start = time.perf_counter()
+  elapsed = lambda: f"({time.perf_counter() - start:.0f} s)"
+  try:
+    for framework, job in jobs.items():
+      workers[framework] = _Worker(job, module=module)
+      _progress(f"{label}: {framework} worker built and warmed up "
+                f"{', '.join(job['methods'])} {elapsed()}")
+    steps: Dict[str, List[Dict[str, Any]]] = {m: [] for m in methods}
+    for round_index in range(rounds):
+      _progress(f"{label}: round {round_index + 1}/{rounds} {elapsed()}")
+      for method in methods:
+        steps[method].append(workers[framework_of(method)].ask({"step": method}))
+      for framework, command in every_round:
+        workers[framework].ask(command)
+    finished = {framework: worker.finish() for framework, worker in workers.items()}
+  finally:
+    for worker in workers.values():
+      if worker.process.poll() is None:
+        worker.process.kill()
+  return Rounds(ready={f: w.ready for f, w in workers.items()}, steps=steps, finished=finished)
+
+
 def run_shape(shape_name: str, methods: Sequence[str], *, warmup: int, steps: int, threads: int,
               peak_size: int, host_allocator: str = "reuse", peft_host_allocator: str = "system",
               device: str = "cpu", gpu_float32: str = "ieee",
               host_devices: int = 1) -> Dict[str, Any]:
   """Times every method of one shape; returns per-method timings, memory and matmul peaks."""
   allocators = {"ours": host_allocator, "peft": peft_host_allocator}
-  workers = {}
-  start = time.perf_counter()
+  jobs = {}
   for framework in ("peft", "ours"):  # PEFT warms up first, on a machine not yet loaded by us
     mine = [m for m in methods if METHODS[m][0] == framework]
     if mine:
-      workers[framework] = _Worker({
+      jobs[framework] = {
           "framework": framework, "shape": shape_name, "methods": mine, "warmup": warmup,
           "threads": threads, "peak_size": peak_size, "host_allocator": allocators[framework],
-          "device": device, "gpu_float32": gpu_float32, "host_devices": host_devices})
-      _progress(f"{shape_name}: {framework} worker built and warmed up {', '.join(mine)} "
-                f"({time.perf_counter() - start:.0f} s)")
-  timings = {m: {"wall_s": [], "cpu_s": []} for m in methods}
+          "device": device, "gpu_float32": gpu_float32, "host_devices": host_devices}
   peak_names = {f"{METHODS[m][0]}-{METHODS[m][1]}": METHODS[m][0] for m in methods}
-  try:
-    for round_index in range(steps):
-      _progress(f"{shape_name}: round {round_index + 1}/{steps} "
-                f"({time.perf_counter() - start:.0f} s)")
-      for method in methods:
-        reply = workers[METHODS[method][0]].ask({"step": method})
-        timings[method]["wall_s"].append(reply["wall_s"])
-        timings[method]["cpu_s"].append(reply["cpu_s"])
-      for name, framework in sorted(peak_names.items()):
-        workers[framework].ask({"peak": name})
-    finished = {framework: worker.finish() for framework, worker in workers.items()}
-  finally:
-    for worker in workers.values():
-      if worker.process.poll() is None:
-        worker.process.kill()
+  rounds = run_lockstep_rounds(
+      jobs, methods, lambda method: METHODS[method][0], rounds=steps, label=shape_name,
+      every_round=[(framework, {"peak": name}) for name, framework in sorted(peak_names.items())])
   results, peaks = {}, {}
-  for framework, done in finished.items():
+  for framework, done in rounds.finished.items():
     peaks.update(done["peaks"])
     for method, memory in done["memory"].items():
-      results[method] = {**timings[method], **memory}
+      replies = rounds.steps[method]
+      results[method] = {"wall_s": [r["wall_s"] for r in replies],
+                         "cpu_s": [r["cpu_s"] for r in replies], **memory}
   return {"methods": results, "peaks": peaks,
-          "host_allocators": {f: w.ready["host_allocator"] for f, w in workers.items()}}
+          "host_allocators": {f: ready["host_allocator"] for f, ready in rounds.ready.items()}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,13 +303,18 @@ def _megabytes(value: Optional[float]) -> str:
   return f"{value / 2**20:.1f}" if value < 10 * 2**20 else f"{value / 2**20:.0f}"
 
 
-def paired_ratio(baseline: Row, row: Row) -> float:
-  """Median over rounds of baseline step time / row step time.
+def paired_median(baseline_s: Sequence[float], row_s: Sequence[float]) -> float:
+  """Median over rounds of baseline seconds / row seconds (rounds of `run_lockstep_rounds`).
 
-  Both steps of a round ran back to back, under the same background load, so this ratio moves
-  less with a shared machine's load than the ratio of the two best steps does.
+  Both runs of a round ran back to back, under the same background load, so this ratio moves
+  less with a shared machine's load than the ratio of the two best runs does.
   """
-  return statistics.median(b / r for b, r in zip(baseline.result["wall_s"], row.result["wall_s"]))
+  return statistics.median(b / r for b, r in zip(baseline_s, row_s))
+
+
+def paired_ratio(baseline: Row, row: Row) -> float:
+  """`paired_median` of two rows' step times."""
+  return paired_median(baseline.result["wall_s"], row.result["wall_s"])
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -267,7 +267,8 @@ class MultiHeadAttention(nn.Module):
 
   With `decode=True` keys and values are kept in the `cache` collection: self-attention appends
   the new chunk at `cache_index`; cross-attention projects the encoder output once, when the
-  cache is created, and reuses it afterwards.
+  cache is created, and reuses it afterwards. The cache holds them heads-major (see
+  `_to_cache_layout`).
   """
 
   config: ModelConfig
@@ -335,22 +336,54 @@ class MultiHeadAttention(nn.Module):
 
   def _append_to_cache(self, key, value, cache_index):
     initializing = not self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    new_key, new_value = _to_cache_layout(key, value)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, new_key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, new_value.shape,
+                                 value.dtype)
     if initializing or cache_index is None:
       return key, value
-    start = (0, cache_index, 0, 0)
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-    return cached_key.value, cached_value.value
+    key_axis, value_axis = (3, 2) if _heads_major_cache(key.dtype) else (1, 1)
+    at = lambda axis: tuple(cache_index if i == axis else 0 for i in range(4))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key, at(key_axis))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, new_value,
+                                                      at(value_axis))
+    return _from_cache_layout(cached_key.value, cached_value.value)
 
   def _cached_cross_kv(self, project_kv, inputs_kv, cache_index):
     # The cache is created by a decode call that finds none: that call projects the encoder
     # output once and stores it; every later step only reads it.
     if not self.has_variable("cache", "cached_key"):
       key, value = project_kv()
-      self.variable("cache", "cached_key", lambda: key)
-      self.variable("cache", "cached_value", lambda: value)
+      cache_key, cache_value = _to_cache_layout(key, value)
+      self.variable("cache", "cached_key", lambda: cache_key)
+      self.variable("cache", "cached_value", lambda: cache_value)
       return key, value
-    return (self.variable("cache", "cached_key").value,
-            self.variable("cache", "cached_value").value)
+    return _from_cache_layout(self.variable("cache", "cached_key").value,
+                              self.variable("cache", "cached_value").value)
+
+
+def _to_cache_layout(key: jax.Array, value: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """`[b, k, h, d]` keys and values -> what the decode cache holds.
+
+  In float32, keys `[b, h, d, k]` and values `[b, h, k, d]`: the layouts the float32 attention
+  products read (`kernels._attention_forward`), so the `[b, k, h, d]` views `_from_cache_layout`
+  hands back cancel against the products' own transposes and a decoding step copies no cache.
+  Cached as `[b, k, h, d]`, every step transposed every layer's whole cache (for
+  cross-attention: all encoder positions, per beam) before its products, which was most of a
+  float32 beam-4 step on CPU. Below float32 the products read `[b, k, h, d]` as it is, and the
+  cache keeps that layout.
+  """
+  if not _heads_major_cache(key.dtype):
+    return key, value
+  return jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 1, 3))
+
+
+def _from_cache_layout(key: jax.Array, value: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """The inverse of `_to_cache_layout`: `[b, k, h, d]` keys and values."""
+  if not _heads_major_cache(key.dtype):
+    return key, value
+  return jnp.transpose(key, (0, 3, 1, 2)), jnp.transpose(value, (0, 2, 1, 3))
+
+
+def _heads_major_cache(dtype) -> bool:
+  return jnp.dtype(dtype) == jnp.float32

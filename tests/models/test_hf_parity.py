@@ -1,4 +1,4 @@
-"""Numeric parity with PyTorch `transformers`: same weights, same logits, same greedy tokens.
+"""Numeric parity with PyTorch `transformers`: same weights, logits, greedy and beam decodes.
 
 Random-initialised T5 models are built with `transformers` (an independent implementation),
 saved with `save_pretrained` (safetensors + config.json) and loaded through our importer and
@@ -164,3 +164,39 @@ def test_greedy_decoding_with_cache_matches_generate(pair, impl):
   # Each cached step computes new logits (tiny tied models often repeat a token, so the tokens
   # alone may not show it).
   assert np.abs(np.diff(logits, axis=1)).max() > 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_beam_search_with_cache_matches_generate(pair, impl):
+  # Without EOS (ours: an id outside the vocabulary; HF: none) and without a length penalty
+  # (alpha 0; HF length_penalty 0), both searches keep the 4 best sums of log-probabilities
+  # over 4 x V extensions every step and return the 4 beams of length NEW_TOKENS, best first.
+  from prompt_tuning.engine.models import EncoderDecoderModel
+  name, hf_model, model, params = pair
+  model = _with_kernels(model, impl)
+  vocab, beams = SHAPES[name]["vocab_size"], 4
+  rng = np.random.default_rng(2)
+  encoder_tokens = padded_batch(rng, vocab, ENCODER_LENGTHS, max(ENCODER_LENGTHS))
+  config = transformers.GenerationConfig(
+      do_sample=False, num_beams=beams, num_return_sequences=beams, length_penalty=0.0,
+      max_new_tokens=NEW_TOKENS, early_stopping=False, decoder_start_token_id=0,
+      pad_token_id=0, eos_token_id=None, bos_token_id=None)
+  with torch.no_grad():
+    generated = hf_model.generate(
+        input_ids=torch.from_numpy(encoder_tokens),
+        attention_mask=torch.from_numpy((encoder_tokens > 0).astype(np.int64)),
+        generation_config=config, return_dict_in_generate=True, output_scores=True)
+  expected_tokens = generated.sequences.numpy()[:, 1:].reshape(3, beams, NEW_TOKENS)
+  expected_scores = generated.sequences_scores.numpy().reshape(3, beams)
+
+  ours = EncoderDecoderModel(model, eos_id=vocab)
+  tokens, scores = jax.jit(lambda p, b: ours.predict_batch_with_scores(
+      p, b, decoder_params={"method": "beam", "num_decodes": beams, "alpha": 0.0},
+      max_decode_length=NEW_TOKENS))(params, {"encoder_input_tokens": jnp.asarray(
+          encoder_tokens, jnp.int32)})
+
+  assert tokens.shape == expected_tokens.shape == (3, beams, NEW_TOKENS)
+  np.testing.assert_array_equal(tokens, expected_tokens)
+  np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-4)
+  # The beams differ (a search that kept one hypothesis four times would not).
+  assert all(len({tuple(t) for t in example}) == beams for example in np.asarray(tokens))
