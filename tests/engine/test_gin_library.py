@@ -112,6 +112,14 @@ def test_xxl_v3_8_preset_reads_the_base_in_bfloat16_and_remats_whole_layers():
   assert restore.dtype == "bfloat16" and mesh.mesh_shape(num_devices=8) == (1, 8)
 
 
+@pytest.mark.parametrize("preset", ["fsdp_tp_70b_v5e_64.gin", "fsdp_tp_70b_v4_128.gin"])
+def test_70b_presets_remat_all_but_the_products(preset):
+  parse(["gin/models/llama3_1_70b.gin", f"gin/partitioning/{preset}"])
+  config = gin.query_parameter("%MODEL").scoped_configurable_fn().module.config
+  assert (config.dtype, config.param_dtype, config.remat_policy) == ("bfloat16", "bfloat16",
+                                                                     "dots")
+
+
 def test_prompt_tuning_run_defaults_follow_the_paper():
   parse(["gin/models/t5_1_1_lm100k_base.gin", "gin/prompts/class_labels.gin",
          "gin/runs/prompt_tuning.gin"],
