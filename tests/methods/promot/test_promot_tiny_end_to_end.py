@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import pipeline as pipeline_lib
-from prompt_tuning.engine import gin_utils
+from prompt_tuning.engine import evaluation, gin_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__)))))
@@ -131,9 +131,10 @@ def test_eval_without_prompt_equals_plain_model_with_stage2_weights(finished):
     metrics = json.load(f)
   assert set(metrics["with_prompt"]) == {"smoke_last_digit/accuracy"}
   assert set(metrics["without_prompt"]) == {"smoke_skills/accuracy"}
-  folder = os.path.join(evaluate["without_prompt"], "smoke_skills", "inference_eval")
-  (name,) = [n for n in os.listdir(folder) if n.startswith("smoke_skills-0")]
-  with open(os.path.join(folder, name)) as f:
+  folder = os.path.join(evaluate["without_prompt"], "smoke_skills",
+                        evaluation.INFERENCE_LOG_SUBDIR)
+  with open(os.path.join(folder, evaluation.inference_file_name("smoke_skills", "validation",
+                                                                0))) as f:
     logged = [json.loads(line) for line in f if line.strip()]
   assert len(logged) == smoke_tasks.SPLIT_SIZES["validation"]
 
