@@ -26,7 +26,6 @@ from prompt_tuning.engine import reporting
 
 METHODS = {"pt": "prompt tuning", "mt": "model tuning"}
 STAGE = re.compile(r"^(?P<method>[a-z]+)_seed(?P<seed>\d+)_eval$")
-METRICS_FILE = os.path.join("metrics", "infer_eval.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +69,9 @@ def collect(pipeline_dir: str) -> Dict[str, List[str]]:
   found: Dict[str, List[Tuple[int, str]]] = {}
   for name in sorted(os.listdir(pipeline_dir)):
     match = STAGE.match(name)
-    if match and os.path.isfile(os.path.join(pipeline_dir, name, METRICS_FILE)):
-      found.setdefault(match["method"], []).append(
-          (int(match["seed"]), os.path.join(pipeline_dir, name)))
+    folder = os.path.join(pipeline_dir, name)
+    if match and os.path.isfile(reporting.metrics_file(folder, "infer_eval")):
+      found.setdefault(match["method"], []).append((int(match["seed"]), folder))
   if not found:
     raise ValueError(f"{pipeline_dir} holds no finished eval stage named <method>_seed<k>_eval.")
   return {method: [path for _, path in sorted(runs)] for method, runs in found.items()}
