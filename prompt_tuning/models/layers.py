@@ -219,11 +219,16 @@ class RelativePositionBias(nn.Module):
         relative, bidirectional=self.bidirectional,
         num_buckets=cfg.relative_attention_num_buckets,
         max_distance=cfg.relative_attention_max_distance)
-    # Gathered heads-major, `[heads, b, q, k]`: moving the heads axis to the front afterwards
-    # copies whole `[q, k]` planes, where gathering `[b, q, k, heads]` and transposing (as
-    # before) moved 4-byte entries one at a time (on XLA:CPU about 3x the time of the gather).
-    bias = jnp.take(table.astype(jnp.float32), bucket, axis=1)
-    return jnp.transpose(bias, (1, 0, 2, 3))
+    # An elementwise choice among the buckets' per-head values, not a gather: XLA turns any
+    # gather from this table into one `[heads]` slice per `(b, q, k)` entry (a million slices
+    # at 356 tokens, 45 ms of a 1.2 s bf16 step on XLA:CPU) and a transpose to `[b, heads, q,
+    # k]`; the choice is one fused pass that writes the result in place (the same values).
+    table = table.astype(jnp.float32)
+    shape = (bucket.shape[0], cfg.num_heads) + bucket.shape[1:]
+    which = jnp.broadcast_to(bucket[:, None], shape)
+    choices = [jnp.broadcast_to(table[None, :, j, None, None], shape)
+               for j in range(cfg.relative_attention_num_buckets)]
+    return jax.lax.select_n(which, *choices)
 
 
 def mask_to_bias(allowed: jax.Array) -> jax.Array:

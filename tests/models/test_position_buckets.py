@@ -67,3 +67,25 @@ def test_decoder_position_bias_follows_the_causal_bucket_table(family):
   bias = _decoder_bias(model, params, args)
   assert bias.shape == (1, cfg.num_heads, LENGTH, LENGTH)
   np.testing.assert_array_equal(bias[0], _expected_bias(cfg.num_heads))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_position_bias_is_the_table_entry_of_each_pairs_bucket_for_any_positions(bidirectional):
+  """Per-example positions that are not a range (packed or prompted inputs) pick, for every head
+  and (query, key) pair, exactly `table[head, bucket(key - query)]`."""
+  from prompt_tuning.models.layers import RelativePositionBias  # pylint: disable=g-import-not-at-top
+  cfg = get_config("t5_1_1_tiny", vocab_size=32, relative_attention_num_buckets=NUM_BUCKETS,
+                   relative_attention_max_distance=MAX_DISTANCE)
+  rng = np.random.default_rng(0)
+  queries = jnp.asarray(rng.integers(0, 40, size=(3, 7)), jnp.int32)
+  keys = jnp.asarray(rng.integers(0, 40, size=(3, 9)), jnp.int32)
+  module = RelativePositionBias(cfg, bidirectional=bidirectional)
+  params = module.init(jax.random.PRNGKey(1), queries, keys)
+  table = np.asarray(nn.meta.unbox(params)["params"]["rel_embedding"])
+  bias = np.asarray(module.apply(params, queries, keys))
+  bucket = np.asarray(relative_position_bucket(
+      keys[:, None, :] - queries[:, :, None], bidirectional=bidirectional,
+      num_buckets=NUM_BUCKETS, max_distance=MAX_DISTANCE))
+  assert bias.shape == (3, cfg.num_heads, 7, 9) and bias.dtype == np.float32
+  assert len(np.unique(bucket)) > 3
+  np.testing.assert_array_equal(bias, np.transpose(table[:, bucket], (1, 0, 2, 3)))
