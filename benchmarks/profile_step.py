@@ -232,6 +232,31 @@ def product_table(rows: Iterable[OpTime], computations, by_name, top: int) -> st
   return "\n".join(lines)
 
 
+def product_ceiling(rows: Iterable[OpTime], computations, by_name) -> Tuple[float, float, float]:
+  """`(flops, seconds in the step, seconds at standalone rates)` per step over every product.
+
+  The third figure is what the step's products would take if each ran as fast as the same
+  product jitted alone: with no other operation at all, the step could not be faster than
+  this with XLA:CPU's product kernels, so `flops / it` bounds the MFU the step can reach.
+  """
+  flops_total = seconds_total = standalone_total = 0.0
+  alone_cache: Dict[str, float] = {}
+  for r in rows:
+    if r.klass != "dot" or r.name not in by_name:
+      continue
+    flops, desc = dot_flops(by_name[r.name], computations, by_name)
+    spec = dot_spec(by_name[r.name], computations, by_name)
+    flops_total += flops * r.count
+    seconds_total += r.seconds
+    if spec is None or not flops:
+      standalone_total += r.seconds  # not reproducible alone: counted at its in-step time
+      continue
+    if desc not in alone_cache:
+      alone_cache[desc] = standalone_seconds(spec)
+    standalone_total += alone_cache[desc] * r.count
+  return flops_total, seconds_total, standalone_total
+
+
 @dataclasses.dataclass
 class OpTime:
   name: str
@@ -331,6 +356,28 @@ def top_table(rows: Iterable[OpTime], flops, top: int) -> str:
   return "\n".join(lines)
 
 
+def _peak(dtype: str, size: int) -> Optional[float]:
+  """Best FLOP/s of `[size, size]` products in `dtype` (the step benchmark's MFU peak)."""
+  if not size:
+    return None
+  from benchmarks import measure  # pylint: disable=g-import-not-at-top
+  peak = measure.MatmulPeak("ours", dtype, size=size, threads=0)
+  return peak.sample(repeats=5)
+
+
+def ceiling_line(ceiling: Tuple[float, float, float], wall: float,
+                 peak: Optional[float]) -> str:
+  """The step's products against the same products at their standalone rates, as text."""
+  flops, in_step, alone = ceiling
+  line = (f"\nProducts: {flops / 1e9:.4g} GFLOP a step, {in_step * 1e3:.0f} ms in the traced "
+          f"step ({wall * 1e3:.0f} ms wall); at their standalone rates {alone * 1e3:.0f} ms, "
+          f"{flops / alone / 1e9:.0f} GFLOP/s")
+  if peak:
+    line += (f" = {100 * flops / alone / peak:.1f}% of the {peak / 1e9:.0f} GFLOP/s matmul peak "
+             f"(the MFU of a step made of nothing but its products)")
+  return line + "."
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", default="small", help="tiny, small or base")
@@ -338,11 +385,19 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=2, help="traced steps (after one warm-up)")
   parser.add_argument("--top", type=int, default=12, help="slowest operations listed per step")
   parser.add_argument("--quick", action="store_true", help="tiny shape, one step")
+  parser.add_argument("--peak_size", type=int, default=2048,
+                      help="side of the [n, n] @ [n, n] product whose best rate is the MFU peak "
+                           "(as in step_benchmark; 0 skips it)")
   parser.add_argument("--frozen_compute_copies", action="store_true",
                       help="also profile each non-float32 step given compute-dtype copies of "
                            "its frozen weights (jax_steps.make_step(frozen_compute_copies=True))")
   args = parser.parse_args(argv)
   shape, steps = ("tiny", 1) if args.quick else (args.shape, args.steps)
+  peak_size = min(args.peak_size, 256) if args.quick else args.peak_size
+  # The allocator policy the trainer and the step benchmark run with (set before JAX starts):
+  # under glibc's defaults every step page-faults its temporaries back in.
+  from prompt_tuning.engine import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.configure("reuse")
   results = {}
   runs = []
   for dtype in args.dtypes.split(","):
@@ -358,6 +413,8 @@ def main(argv=None) -> None:
     print(top_table(rows, flops, args.top))
     print(f"\n## {shape} {dtype}: products by shape\n")
     print(product_table(rows, computations, by_name, args.top))
+    print(ceiling_line(product_ceiling(rows, computations, by_name), wall,
+                       _peak(dtype.split("+")[0], peak_size)))
     by_source = collections.defaultdict(float)
     for r in rows:
       by_source[(r.klass, "/".join(r.source.split("/")[-3:]))] += r.seconds

@@ -43,3 +43,14 @@ def test_quick_profile_prints_a_share_table_that_sums_to_the_traced_time(capsys)
   assert len(shares) == len(profile_step.CLASSES)
   assert abs(sum(shares) - 100.0) < 0.5  # every traced operation lands in exactly one class
   assert "products by shape" in out
+  ceiling = re.search(r"Products: ([\d.]+) GFLOP a step, (\d+) ms in the traced step .*"
+                      r"at their standalone rates (\d+) ms", out)
+  assert ceiling and float(ceiling.group(1)) > 0 and int(ceiling.group(3)) >= 0
+  assert "% of the" in out  # the quick run measures a (small) matmul peak too
+
+
+def test_ceiling_line_turns_standalone_product_time_into_an_mfu_bound():
+  line = profile_step.ceiling_line((330e9, 0.9, 0.6), 0.76, 800e9)
+  assert "330 GFLOP a step, 900 ms in the traced step (760 ms wall)" in line
+  assert "at their standalone rates 600 ms, 550 GFLOP/s = 68.8% of the 800 GFLOP/s" in line
+  assert "matmul peak" not in profile_step.ceiling_line((330e9, 0.9, 0.6), 0.76, None)
