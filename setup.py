@@ -63,6 +63,7 @@ CORE = [
 EXTRAS = {
     "test": [
         "pytest",
+        "pytest-xdist>=3.6",  # the README's test command runs two worker processes (-n 2)
         "torch==2.13.0",
         "transformers==5.24.0",
         "peft==0.21.2",
