@@ -236,8 +236,9 @@ def product_ceiling(rows: Iterable[OpTime], computations, by_name) -> Tuple[floa
   """`(flops, seconds in the step, seconds at standalone rates)` per step over every product.
 
   The third figure is what the step's products would take if each ran as fast as the same
-  product jitted alone: with no other operation at all, the step could not be faster than
-  this with XLA:CPU's product kernels, so `flops / it` bounds the MFU the step can reach.
+  product jitted alone: `flops / it` estimates the MFU a step made only of its products could
+  reach with XLA:CPU's kernels. An estimate, not a strict bound: in the step a product can run
+  a little faster or slower than alone (thread-pool state, another op sharing the cores).
   """
   flops_total = seconds_total = standalone_total = 0.0
   alone_cache: Dict[str, float] = {}
