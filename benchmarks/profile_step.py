@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import glob
 import re
 import tempfile
@@ -190,8 +191,12 @@ def dot_spec(inst: Instruction, computations, by_name):
 _DTYPES = {"bf16": "bfloat16", "f32": "float32", "f16": "float16"}
 
 
+@functools.lru_cache(maxsize=None)
 def standalone_seconds(spec, repeats: int = 3) -> float:
-  """Best time of the same product jitted on its own (XLA picks its own layouts)."""
+  """Best time of the same product jitted on its own (XLA picks its own layouts).
+
+  Cached: the product table and the products-only estimate time the same shapes.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   (ld, ls), (rd, rs), numbers, out = spec
@@ -208,8 +213,8 @@ def standalone_seconds(spec, repeats: int = 3) -> float:
   return best
 
 
-def product_table(rows: Iterable[OpTime], computations, by_name, top: int) -> str:
-  """Products grouped by operand shapes: time, achieved GFLOP/s, and a standalone same dot."""
+def product_groups(rows: Iterable[OpTime], computations, by_name) -> Dict[str, List]:
+  """Products grouped by operand shapes: `{desc: [seconds, count, flops, spec]}` per step."""
   groups: Dict[str, List] = {}
   for r in rows:
     if r.klass != "dot" or r.name not in by_name:
@@ -220,6 +225,11 @@ def product_table(rows: Iterable[OpTime], computations, by_name, top: int) -> st
     group[0] += r.seconds
     group[1] += r.count
     group[2] += flops * r.count
+  return groups
+
+
+def product_table(groups: Dict[str, List], top: int) -> str:
+  """The `top` product groups by time: achieved GFLOP/s, and a standalone same dot."""
   lines = ["| operands -> result | x/step | ms/step | GFLOP/s in step | GFLOP/s standalone |",
            "|---|---|---|---|---|"]
   for desc, (seconds, count, flops, spec) in sorted(groups.items(), key=lambda kv: -kv[1][0]
@@ -232,7 +242,7 @@ def product_table(rows: Iterable[OpTime], computations, by_name, top: int) -> st
   return "\n".join(lines)
 
 
-def product_ceiling(rows: Iterable[OpTime], computations, by_name) -> Tuple[float, float, float]:
+def product_ceiling(groups: Dict[str, List]) -> Tuple[float, float, float]:
   """`(flops, seconds in the step, seconds at standalone rates)` per step over every product.
 
   The third figure is what the step's products would take if each ran as fast as the same
@@ -241,20 +251,13 @@ def product_ceiling(rows: Iterable[OpTime], computations, by_name) -> Tuple[floa
   a little faster or slower than alone (thread-pool state, another op sharing the cores).
   """
   flops_total = seconds_total = standalone_total = 0.0
-  alone_cache: Dict[str, float] = {}
-  for r in rows:
-    if r.klass != "dot" or r.name not in by_name:
-      continue
-    flops, desc = dot_flops(by_name[r.name], computations, by_name)
-    spec = dot_spec(by_name[r.name], computations, by_name)
-    flops_total += flops * r.count
-    seconds_total += r.seconds
+  for seconds, count, flops, spec in groups.values():
+    flops_total += flops
+    seconds_total += seconds
     if spec is None or not flops:
-      standalone_total += r.seconds  # not reproducible alone: counted at its in-step time
-      continue
-    if desc not in alone_cache:
-      alone_cache[desc] = standalone_seconds(spec)
-    standalone_total += alone_cache[desc] * r.count
+      standalone_total += seconds  # not reproducible alone: counted at its in-step time
+    else:
+      standalone_total += standalone_seconds(spec) * count
   return flops_total, seconds_total, standalone_total
 
 
@@ -357,6 +360,7 @@ def top_table(rows: Iterable[OpTime], flops, top: int) -> str:
   return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)  # a frozen-copies run reuses its dtype's peak
 def _peak(dtype: str, size: int) -> Optional[float]:
   """Best FLOP/s of `[size, size]` products in `dtype` (the step benchmark's MFU peak)."""
   if not size:
@@ -413,9 +417,9 @@ def main(argv=None) -> None:
     print(f"\n## {shape} prompt step, {dtype}: slowest operations\n")
     print(top_table(rows, flops, args.top))
     print(f"\n## {shape} {dtype}: products by shape\n")
-    print(product_table(rows, computations, by_name, args.top))
-    print(ceiling_line(product_ceiling(rows, computations, by_name), wall,
-                       _peak(dtype.split("+")[0], peak_size)))
+    groups = product_groups(rows, computations, by_name)
+    print(product_table(groups, args.top))
+    print(ceiling_line(product_ceiling(groups), wall, _peak(dtype.split("+")[0], peak_size)))
     by_source = collections.defaultdict(float)
     for r in rows:
       by_source[(r.klass, "/".join(r.source.split("/")[-3:]))] += r.seconds

@@ -4,26 +4,25 @@ Tasks register their vocabulary when `tasks` is first imported, whichever test f
 first; pointing the vocabulary at the real T5 SentencePiece model in `tests/fixtures/` here
 keeps every test offline and the registrations identical across folders.
 """
+import importlib.util
 import os
 import pathlib
 
 import pytest
 
-_FIXTURE_VOCAB = (pathlib.Path(__file__).resolve().parent / "fixtures" /
-                  "t5x_reference" / "t5_vocab")
+_HERE = pathlib.Path(__file__).resolve().parent
+_FIXTURE_VOCAB = _HERE / "fixtures" / "t5x_reference" / "t5_vocab"
 if _FIXTURE_VOCAB.exists():
   os.environ.setdefault("PROMPT_TUNING_VOCAB", str(_FIXTURE_VOCAB))
   os.environ.setdefault("PROMPT_TUNING_MT5_VOCAB", str(_FIXTURE_VOCAB))
 
 
-_SLOW_LIST = pathlib.Path(__file__).resolve().parent / "slow_tests.txt"
-
-
-def _listed_slow():
-  if not _SLOW_LIST.exists():
-    return frozenset()
-  lines = (line.strip() for line in _SLOW_LIST.read_text().splitlines())
-  return frozenset(line for line in lines if line and not line.startswith("#"))
+def _load_slow_list():
+  """`tests/slow_list.py`, which reads the list and matches tests against it (not a package)."""
+  spec = importlib.util.spec_from_file_location("slow_list", _HERE / "slow_list.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -33,9 +32,8 @@ def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argu
 
   End-to-end tests count as slow too: `-m "not slow"` replaces the default `-m "not e2e"`
   from pyproject.toml, and the fast lane must not pull the minutes-long pipelines back in."""
-  listed = _listed_slow()
+  slow_list = _load_slow_list()
+  listed = frozenset(slow_list.read_entries(slow_list.DEFAULT_OUTPUT))
   for item in items:
-    node = item.nodeid
-    if (item.get_closest_marker("e2e") is not None
-        or {node, node.split("[")[0], node.split("::")[0]} & listed):
+    if item.get_closest_marker("e2e") is not None or slow_list.is_listed(item.nodeid, listed):
       item.add_marker(pytest.mark.slow)

@@ -53,12 +53,7 @@ def test_end_to_end_tests_are_marked_slow_so_the_fast_lane_leaves_them_out(reque
 
 
 def _entries():
-  lines = (HERE / "slow_tests.txt").read_text().splitlines()
-  return {line for line in lines if line and not line.startswith("#")}
-
-
-def _listed(item, entries):
-  return bool({item.nodeid, item.nodeid.split("[")[0], item.nodeid.split("::")[0]} & entries)
+  return set(slow_list.read_entries(slow_list.DEFAULT_OUTPUT))
 
 
 def test_every_listed_entry_names_an_existing_test_file():
@@ -71,7 +66,7 @@ def test_every_listed_entry_names_an_existing_test_file():
 def test_listed_tests_of_this_session_are_marked_slow(request):
   """In a full run every listed test carries the marker; under -m "not slow" none is here."""
   entries = _entries()
-  listed = [item for item in request.session.items if _listed(item, entries)]
+  listed = [item for item in request.session.items if slow_list.is_listed(item.nodeid, entries)]
   assert all(item.get_closest_marker("slow") for item in listed)
   if "not slow" in (request.config.getoption("markexpr") or ""):
     assert not listed
